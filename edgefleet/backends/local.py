@@ -1,0 +1,73 @@
+"""The local backend: the step runs as a child process of this host's Python."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+
+from edgefleet.backends.base import LogSink, StepRequest
+from edgefleet.errors import BuildError, ToolUnavailableError
+from edgefleet.step import EXIT_UNAVAILABLE, read_step_error
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, python: str = sys.executable, env: Mapping[str, str] | None = None) -> None:
+        self.python = python
+        self.env = dict(os.environ if env is None else env)
+        # Converters that shell out (onnx2tf -> onnxsim) must find the venv's tools.
+        bin_dir = str(Path(python).parent)
+        self.env["PATH"] = bin_dir + os.pathsep + self.env.get("PATH", "")
+        self.env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        self.env["PYTHONUNBUFFERED"] = "1"
+
+    def command(self, spec_path: Path) -> list[str]:
+        return [self.python, "-m", "edgefleet.step", str(spec_path)]
+
+    def run_step(self, request: StepRequest, log: LogSink) -> None:
+        spec = {
+            "kind": request.kind,
+            "inputs": {k: str(v) for k, v in request.inputs.items()},
+            "params": dict(request.params),
+            "out_dir": str(request.out_dir),
+        }
+        with tempfile.TemporaryDirectory(prefix="edgefleet-spec-") as tmp:
+            spec_path = Path(tmp) / "spec.json"
+            spec_path.write_text(json.dumps(spec, indent=2))
+            argv = self.command(spec_path)
+            log("+ " + " ".join(argv))
+            tail: deque[str] = deque(maxlen=BuildError.tail_lines)
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env,
+                                    cwd=tmp, text=True, errors="replace", start_new_session=True)
+            timed_out = threading.Event()
+
+            def expire() -> None:
+                timed_out.set()
+                proc.kill()
+
+            timer = threading.Timer(request.timeout_s, expire)
+            timer.start()
+            try:
+                for line in proc.stdout or ():
+                    line = line.rstrip("\n")
+                    tail.append(line)
+                    log(line)
+                returncode = proc.wait()
+            finally:
+                timer.cancel()
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            if returncode == EXIT_UNAVAILABLE:
+                raise ToolUnavailableError(read_step_error(request.out_dir) or f"step {request.kind} is unavailable here")
+            if returncode != 0:
+                reason = f"timed out after {request.timeout_s:.0f} s (step_timeout_s)" if timed_out.is_set() \
+                    else "failed"
+                raise BuildError(f"step {request.kind} {reason}", command=argv, returncode=returncode, log=list(tail))

@@ -1,0 +1,126 @@
+"""One planner per format: which steps make each variant a profile asks for.
+
+What a step needs depends on the recipe's source format; the tables below say
+which converter takes which source, so adding a source format is a table edit.
+"""
+from __future__ import annotations
+
+from edgefleet.errors import PlanError
+from edgefleet.plan.model import Input, StepInput
+from edgefleet.plan.planner import PlanBuilder, format_planner
+from edgefleet.profiles import model as pm
+
+TFLITE_FROM = {"keras": "tflite.convert", "savedmodel": "tflite.convert", "onnx": "onnx2tf.convert"}
+ONNX2TF_QUANTIZATIONS = ("fp32", "fp16")
+ONNX_FROM = {"keras": "onnx.from_tf", "savedmodel": "onnx.from_tf", "onnx": "onnx.import"}
+SAVEDMODEL_FROM = {"keras": "savedmodel.export"}
+FROZEN_FROM = {"keras": "tftrt.freeze", "savedmodel": "tftrt.freeze"}
+
+
+def _converter(b: PlanBuilder, table: dict[str, str], what: str) -> str:
+    fmt = b.recipe.source.format
+    if fmt not in table:
+        takes = ", ".join(sorted(table))
+        raise PlanError(f"target {b.profile.name!r} asks for {what}, which edgefleet makes from a "
+                        f"{takes} source; model {b.recipe.name!r} is {fmt}")
+    return table[fmt]
+
+
+def _model_inputs(b: PlanBuilder) -> dict[str, Input]:
+    return {"model": b.inputs.source, "calibration": b.inputs.calibration}
+
+
+def tflite_step(b: PlanBuilder, quantization: str) -> str:
+    kind = _converter(b, TFLITE_FROM, f"tflite {quantization}")
+    if kind == "onnx2tf.convert" and quantization not in ONNX2TF_QUANTIZATIONS:
+        raise PlanError(f"target {b.profile.name!r}: tflite {quantization!r} from an ONNX source is not supported; "
+                        f"onnx2tf makes {', '.join(ONNX2TF_QUANTIZATIONS)}. Start from a Keras/SavedModel source "
+                        "for integer quantization.")
+    return b.add(f"tflite/{quantization}", kind, _model_inputs(b),
+                 b.conversion_params(quantization, quantization=quantization),
+                 variant=f"tflite-{quantization}", runtime="tflite")
+
+
+def onnx_step(b: PlanBuilder, opset: int) -> str:
+    kind = _converter(b, ONNX_FROM, "onnx")
+    return b.add("onnx", kind, _model_inputs(b), b.conversion_params("fp32", opset=opset),
+                 variant="onnx", runtime="onnxruntime")
+
+
+@format_planner("tflite")
+def plan_tflite(b: PlanBuilder, spec: pm.TfliteFormat) -> None:
+    for quantization in spec.quantizations:
+        tflite_step(b, quantization)
+
+
+@format_planner("onnx")
+def plan_onnx(b: PlanBuilder, spec: pm.OnnxFormat) -> None:
+    onnx_step(b, spec.opset)
+
+
+@format_planner("openvino")
+def plan_openvino(b: PlanBuilder, spec: pm.OpenvinoFormat) -> None:
+    opset = b.profile.formats.onnx.opset if b.profile.formats.onnx else pm.OnnxFormat().opset
+    onnx_id = onnx_step(b, opset)
+    for precision in spec.precisions:
+        b.add(f"openvino/{precision}", "openvino.convert",
+              {"model": StepInput(onnx_id), "calibration": b.inputs.calibration},
+              b.conversion_params(precision, precision=precision),
+              variant=f"openvino-{precision}", runtime="openvino")
+
+
+@format_planner("savedmodel")
+def plan_savedmodel(b: PlanBuilder, spec: pm.SavedModelFormat) -> None:
+    if b.recipe.source.format == "onnx":
+        b.add("savedmodel", "onnx2tf.convert", _model_inputs(b),
+              b.conversion_params("fp32", quantization="fp32", primary="saved_model"),
+              variant="savedmodel", runtime="tf")
+        return
+    kind = _converter(b, SAVEDMODEL_FROM, "a SavedModel")
+    b.add("savedmodel", kind, _model_inputs(b), b.conversion_params("fp32"), variant="savedmodel", runtime="tf")
+
+
+@format_planner("tftrt")
+def plan_tftrt(b: PlanBuilder, spec: pm.TftrtFormat) -> None:
+    kind = _converter(b, FROZEN_FROM, "a TF-TRT frozen graph")
+    frozen = b.add("tftrt/frozen", kind, {"model": b.inputs.source},
+                   {"input_spec": b.recipe.input.model_dump(mode="json"),
+                    "jetpack_tf_version": spec.jetpack_tf_version})
+    precision = spec.converter.precision_mode.lower()
+    for relu6 in spec.relu6_replace:
+        for nms_cpu in spec.nms_on_cpu:
+            name = f"relu6{'-replaced' if relu6 else ''}-nms{'-cpu' if nms_cpu else '-default'}"
+            b.add(f"tftrt/{name}", "tftrt.rewrite", {"graph": StepInput(frozen)},
+                  {"relu6_replace": relu6, "nms_on_cpu": nms_cpu, "remove_asserts": spec.remove_asserts},
+                  variant=f"tftrt-{precision}-{name}", runtime="tftrt")
+    b.add("tftrt/device-script", "tftrt.device_script", {},
+          {"converter": spec.converter.model_dump(mode="json")})
+    b.notes.append("TF-TRT engines are built on the Jetson itself (they are tied to its GPU and TensorRT); "
+                   "deploy ships the frozen graphs and tftrt_convert.py.")
+
+
+@format_planner("edgetpu")
+def plan_edgetpu(b: PlanBuilder, spec: pm.EdgetpuFormat) -> None:
+    int8 = tflite_step(b, "full-int8")
+    b.add("edgetpu/preflight", "edgetpu.preflight", {"model": StepInput(int8)}, {})
+    b.add("edgetpu/compiled", "edgetpu.compile", {"model": StepInput(int8)},
+          {"compiler": spec.compiler.model_dump(mode="json")}, variant="edgetpu", runtime="tflite")
+
+
+@format_planner("android_aar")
+def plan_android_aar(b: PlanBuilder, spec: pm.AndroidAar) -> None:
+    b.add("android/aar", "android.aar", {}, {"fat_apk_cpu": list(spec.fat_apk_cpu)})
+
+
+@format_planner("runtime")
+def plan_runtime(b: PlanBuilder, runtime: pm.Runtime) -> None:
+    if runtime.provided_by != "wheelhouse" or not runtime.packages:
+        b.notes.append(f"runtime {runtime.name!r} is provided by the device: {runtime.note or 'no wheels shipped'}")
+        return
+    b.add("runtime/wheelhouse", "runtime.wheelhouse", {}, {
+        "platform_tags": list(runtime.platform_tags),
+        "python_version": b.profile.device.python,
+        "packages": list(runtime.packages),
+        "optional_packages": list(runtime.optional_packages),
+    })
+

@@ -1,0 +1,1 @@
+"""Target profiles: one YAML per device target, validated once at load."""

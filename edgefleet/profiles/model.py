@@ -1,0 +1,174 @@
+"""The typed shape of a target profile (``targets/<name>.yaml``).
+
+Every model is frozen and forbids unknown keys, so a typo is an error at load
+and everything downstream receives validated values.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edgefleet.transport.connections import Connection, LocalConnection
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+TfliteQuantization = Literal["fp32", "fp16", "dynamic", "int8", "full-int8", "full-int8-int8io"]
+OpenvinoPrecision = Literal["fp32", "fp16"]
+Precision = Literal["fp32", "fp16", "dynamic", "int8", "full-int8", "full-int8-int8io"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Device(Strict):
+    board: str = Field(description="The board this target stands for, in words.")
+    arch: Literal["armv7l", "aarch64", "x86_64"] = Field(description="`uname -m` on the device.")
+    os: str = Field(description="Operating system and release.")
+    python: str | None = Field(None, pattern=r"^3\.\d+$",
+                               description="The device's Python, major.minor; none on Android (benchmark_model runs there).")
+    glibc: str | None = Field(None, pattern=r"^\d+\.\d+$", description="glibc version; decides manylinux tags.")
+
+
+class Runtime(Strict):
+    name: str = Field(description="The on-device inference runtime, e.g. tflite-runtime.")
+    provided_by: Literal["wheelhouse", "device"] = Field(
+        "wheelhouse", description="wheelhouse: edgefleet ships wheels; device: already installed (apt, JetPack).")
+    packages: tuple[str, ...] = Field((), description="Pip requirement strings for the device wheelhouse.")
+    optional_packages: tuple[str, ...] = Field((), description="Shipped where wheels exist for the platform.")
+    platform_tags: tuple[str, ...] = Field((), description="Wheel platform tags the device accepts.")
+    note: str | None = Field(None, description="How the runtime gets onto the device when not from wheels.")
+
+    @model_validator(mode="after")
+    def _wheelhouse_needs_tags(self) -> Runtime:
+        if self.provided_by == "wheelhouse" and self.packages and not self.platform_tags:
+            raise ValueError("runtime.platform_tags is required when packages come from the wheelhouse")
+        return self
+
+
+class TfliteFormat(Strict):
+    quantizations: tuple[TfliteQuantization, ...] = Field(min_length=1)
+
+
+class OnnxFormat(Strict):
+    opset: int = Field(13, ge=9, le=21)
+
+
+class OpenvinoFormat(Strict):
+    precisions: tuple[OpenvinoPrecision, ...] = ("fp32",)
+
+
+class SavedModelFormat(Strict):
+    pass
+
+
+class TftrtConverter(Strict):
+    precision_mode: Literal["FP16", "FP32", "INT8"] = "FP16"
+    max_batch_size: int = Field(1, ge=1)
+    is_dynamic_op: bool = False
+    max_workspace_size_bytes: int = Field(1 << 25, ge=1 << 20)
+    minimum_segment_size: int = Field(50, ge=1)
+
+
+class TftrtFormat(Strict):
+    jetpack_tf_version: str = Field(description="TensorFlow version of the target's JetPack (frozen graph must match).")
+    relu6_replace: tuple[bool, ...] = Field((True, False), min_length=1,
+                                            description="Build with and/or without Relu6 -> relu(x)-relu(x-6).")
+    nms_on_cpu: tuple[bool, ...] = Field((True, False), min_length=1,
+                                         description="Build with and/or without NonMaxSuppression pinned to the CPU.")
+    remove_asserts: bool = True
+    converter: TftrtConverter = TftrtConverter()
+
+
+class EdgetpuCompiler(Strict):
+    search_delegate: bool = False
+    min_runtime_version: int | None = Field(None, ge=10)
+    num_segments: int | None = Field(None, ge=1)
+
+
+class EdgetpuFormat(Strict):
+    compiler: EdgetpuCompiler = EdgetpuCompiler()
+
+
+class AndroidAar(Strict):
+    fat_apk_cpu: tuple[Literal["arm64-v8a", "armeabi-v7a", "x86", "x86_64"], ...] = ("arm64-v8a",)
+
+
+class Formats(Strict):
+    tflite: TfliteFormat | None = None
+    onnx: OnnxFormat | None = None
+    openvino: OpenvinoFormat | None = None
+    savedmodel: SavedModelFormat | None = None
+    tftrt: TftrtFormat | None = None
+    edgetpu: EdgetpuFormat | None = None
+    android_aar: AndroidAar | None = Field(None, description="Also build the TFLite GPU-delegate AAR with Bazel.")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Formats:
+        if not any(getattr(self, name) is not None for name in type(self).model_fields):
+            raise ValueError("formats: list at least one format")
+        return self
+
+
+class Bench(Strict):
+    threads: tuple[int, ...] = Field((1,), min_length=1)
+    delegates: tuple[Literal["cpu", "xnnpack", "gpu-fp16", "gpu-fp32", "edgetpu", "nnapi"], ...] = ("cpu",)
+    warmup_runs: int = Field(5, ge=0)
+    min_runs: int = Field(50, ge=1)
+    min_duration_s: float = Field(2.0, ge=0)
+    max_runs: int = Field(10_000, ge=1)
+    cooldown_s: float = Field(1.0, ge=0)
+    cv_threshold: float = Field(0.15, gt=0)
+
+    @field_validator("threads")
+    @classmethod
+    def _positive_unique(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(t < 1 for t in value):
+            raise ValueError("thread counts must be >= 1")
+        if len(set(value)) != len(value):
+            raise ValueError("thread counts must be unique")
+        return value
+
+    @model_validator(mode="after")
+    def _runs_order(self) -> Bench:
+        if self.max_runs < self.min_runs:
+            raise ValueError(f"max_runs ({self.max_runs}) is below min_runs ({self.min_runs})")
+        return self
+
+
+class FidelityThreshold(Strict):
+    min_cosine: float | None = Field(None, ge=-1, le=1)
+    max_rel_error: float | None = Field(None, ge=0)
+    min_top1_agreement: float | None = Field(None, ge=0, le=1)
+
+
+class AccuracyGate(Strict):
+    max_map_drop: float = Field(2.0, ge=0, description="mAP points a variant may lose against fp32.")
+    max_top1_drop: float = Field(0.02, ge=0)
+
+
+class Profile(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    device: Device
+    runtime: Runtime
+    formats: Formats
+    bench: Bench = Bench()
+    transport: Connection = Field(LocalConnection(), description="How edgefleet reaches the device.")
+    workdir: str = Field(description="Absolute directory on the device that edgefleet owns.")
+    fidelity: dict[Precision, FidelityThreshold] = Field(
+        default_factory=dict, description="Per-precision overrides of the fidelity gate thresholds.")
+    accuracy_gate: AccuracyGate = AccuracyGate()
+
+    @field_validator("workdir")
+    @classmethod
+    def _safe_workdir(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("workdir must be an absolute path")
+        parts = value.split("/")
+        if ".." in parts or any(ch in value for ch in "\n\r\0"):
+            raise ValueError("workdir may not contain '..' or control characters")
+        if value.rstrip("/") in ("", "/bin", "/etc", "/usr", "/home", "/root", "/tmp", "/var"):
+            raise ValueError(f"workdir {value!r} is too broad: edgefleet owns and may clean it")
+        return value.rstrip("/")

@@ -1,0 +1,1 @@
+"""Model recipes: where a model comes from, what it eats, and how its output is read."""

@@ -1,0 +1,105 @@
+"""The typed shape of a model recipe (``models/<name>/recipe.yaml``)."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+
+from edgefleet.profiles.model import NAME_PATTERN
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(Strict):
+    format: Literal["keras", "savedmodel", "onnx", "frozen_graph"]
+    path: str | None = Field(None, description="Relative to the recipe's folder.")
+    url: HttpUrl | None = Field(None, description="Downloaded once into the cache and checksum-verified.")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                               description="Expected digest; without it the first download is recorded in sources.lock.")
+
+    @model_validator(mode="after")
+    def _one_location(self) -> Source:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("give exactly one of source.path or source.url")
+        if self.path is not None and (self.path.startswith("/") or ".." in self.path.split("/")):
+            raise ValueError("source.path must stay inside the recipe folder (no absolute path, no '..')")
+        return self
+
+
+class Normalization(Strict):
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+    @model_validator(mode="after")
+    def _no_zero_std(self) -> Normalization:
+        if any(s == 0 for s in self.std):
+            raise ValueError("normalization.std may not contain 0")
+        if len(self.mean) != len(self.std):
+            raise ValueError("normalization.mean and .std need the same length")
+        return self
+
+
+class InputSpec(Strict):
+    name: str = "input"
+    shape: tuple[int, ...] = Field(min_length=2, max_length=5)
+    layout: Literal["NHWC", "NCHW"] = "NHWC"
+    dtype: Literal["float32", "uint8", "int8"] = "float32"
+    normalization: Normalization = Normalization()
+    resize: Literal["stretch", "letterbox"] = "stretch"
+
+    @model_validator(mode="after")
+    def _static_batch_one(self) -> InputSpec:
+        if any(d < 1 for d in self.shape):
+            raise ValueError(f"input.shape {list(self.shape)} must be static and positive")
+        if self.shape[0] != 1:
+            raise ValueError("input.shape must have batch 1: edge runtimes are benchmarked per image")
+        if len(self.shape) == 4:
+            channels = self.shape[3] if self.layout == "NHWC" else self.shape[1]
+            if len(self.normalization.mean) not in (1, channels):
+                raise ValueError(f"normalization has {len(self.normalization.mean)} values for {channels} channels")
+        return self
+
+    @property
+    def height_width(self) -> tuple[int, int]:
+        return (self.shape[1], self.shape[2]) if self.layout == "NHWC" else (self.shape[2], self.shape[3])
+
+
+class Postprocess(Strict):
+    kind: Literal["ssd_anchors", "yolov5", "argmax"]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Task(Strict):
+    kind: Literal["detection", "classification"]
+    classes: tuple[str, ...] = Field(min_length=1)
+    postprocess: Postprocess
+
+    @model_validator(mode="after")
+    def _post_matches_task(self) -> Task:
+        detection = self.postprocess.kind in ("ssd_anchors", "yolov5")
+        if detection != (self.kind == "detection"):
+            raise ValueError(f"postprocess {self.postprocess.kind!r} does not fit a {self.kind} task")
+        return self
+
+
+class Calibration(Strict):
+    path: str = Field(description="A .npy of raw uint8 images (N,H,W,3), or a folder of images.")
+    samples: int = Field(100, ge=1, le=10_000)
+
+
+class Evaluation(Strict):
+    kind: Literal["coco", "labels"]
+    annotations: str = Field(description="COCO json (detection) or a labels file (classification).")
+    images: str
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    source: Source
+    input: InputSpec
+    task: Task
+    calibration: Calibration
+    evaluation: Evaluation | None = None

@@ -1,0 +1,1 @@
+"""Build steps: the code that produces artifacts. Same code in every backend."""

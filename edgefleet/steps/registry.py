@@ -1,0 +1,59 @@
+"""Step kinds: name -> implementation, loaded lazily so planning never imports a converter."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from edgefleet.errors import PlanError
+from edgefleet.steps.base import StepFunction
+
+
+@dataclass(frozen=True)
+class StepKind:
+    name: str
+    builder: str          # builders/<builder>/ is the image it runs in
+    target: str           # "package.module:function"
+    version: int = 1      # bump when the step's output for the same inputs changes
+
+
+STEP_KINDS: dict[str, StepKind] = {}
+
+
+def register(kind: StepKind) -> None:
+    STEP_KINDS[kind.name] = kind
+
+
+def step_kind(name: str) -> StepKind:
+    try:
+        return STEP_KINDS[name]
+    except KeyError:
+        raise PlanError(f"unknown step kind {name!r}; known: {', '.join(sorted(STEP_KINDS))}") from None
+
+
+def resolve_step(name: str) -> StepFunction:
+    module_name, _, func = step_kind(name).target.partition(":")
+    return getattr(importlib.import_module(module_name), func)
+
+
+def _register_all() -> None:
+    # Implementations import their converters inside the function, so this table is cheap.
+    for kind in (
+        StepKind("tflite.convert", "tf", "edgefleet.steps.convert:tflite_convert"),
+        StepKind("savedmodel.export", "tf", "edgefleet.steps.convert:savedmodel_export"),
+        StepKind("onnx.from_tf", "tf", "edgefleet.steps.convert:onnx_from_tf"),
+        StepKind("onnx.import", "tf", "edgefleet.steps.source:onnx_import"),
+        StepKind("onnx2tf.convert", "tf", "edgefleet.steps.convert:onnx2tf_convert"),
+        StepKind("openvino.convert", "tf", "edgefleet.steps.convert:openvino_convert"),
+        StepKind("edgetpu.preflight", "tf", "edgefleet.steps.edgetpu:edgetpu_preflight"),
+        StepKind("edgetpu.compile", "edgetpu", "edgefleet.steps.edgetpu:edgetpu_compile"),
+        StepKind("tftrt.freeze", "tftrt-prep", "edgefleet.steps.tftrt:tftrt_freeze"),
+        StepKind("tftrt.rewrite", "tftrt-prep", "edgefleet.steps.tftrt:tftrt_rewrite"),
+        StepKind("tftrt.device_script", "tftrt-prep", "edgefleet.steps.tftrt:tftrt_device_script"),
+        StepKind("runtime.wheelhouse", "runtime", "edgefleet.steps.runtime:runtime_wheelhouse"),
+        StepKind("android.aar", "android-aar", "edgefleet.steps.android:android_aar"),
+        StepKind("selftest.env", "tf", "edgefleet.steps.selftest:selftest_env"),
+    ):
+        register(kind)
+
+
+_register_all()

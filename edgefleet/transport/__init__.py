@@ -1,0 +1,1 @@
+"""Transports: how edgefleet reaches a device (run, put, get)."""

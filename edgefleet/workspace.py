@@ -1,0 +1,82 @@
+"""The workspace: the repository is also the user's workspace. Paths and settings live here."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgefleet.config.validate import validate
+from edgefleet.config.yamlsrc import load_yaml
+from edgefleet.errors import ConfigError
+
+SETTINGS_FILE = "edgefleet.yaml"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["local", "docker"] = Field("local", description="Where build steps run.")
+    docker_host: str | None = Field(None, description="Remote engine, e.g. ssh://user@buildbox; default DOCKER_HOST.")
+    default_model: str = "shapes"
+    jobs: int = Field(2, ge=1, le=64)
+    step_timeout_s: float = Field(3600.0, gt=0)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    settings: Settings
+
+    @property
+    def targets_dir(self) -> Path:
+        return self.root / "targets"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def builders_dir(self) -> Path:
+        return self.root / "builders"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.root / "templates"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".edgefleet"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.state_dir / "artifacts"
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.state_dir / "downloads"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+
+def find_root(start: Path) -> Path:
+    """The nearest folder at or above ``start`` with a targets/ folder or an edgefleet.yaml."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if (folder / SETTINGS_FILE).is_file() or (folder / "targets").is_dir():
+            return folder
+    raise ConfigError(f"no edgefleet workspace at or above {start}: expected a targets/ folder or {SETTINGS_FILE}")
+
+
+def open_workspace(start: Path | None = None) -> Workspace:
+    root = find_root(start or Path.cwd())
+    settings_path = root / SETTINGS_FILE
+    if settings_path.is_file():
+        data, smap = load_yaml(settings_path)
+        settings = validate(Settings, data, smap, what=f"settings {SETTINGS_FILE}")
+    else:
+        settings = Settings()
+    return Workspace(root, settings)
