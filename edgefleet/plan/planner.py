@@ -44,8 +44,8 @@ class PlanBuilder:
     def profile(self) -> Profile:
         return self.inputs.profile
 
-    def conversion_params(self, precision: str, **extra: Any) -> dict[str, Any]:
-        threshold = self.profile.fidelity.get(precision)  # type: ignore[call-overload]
+    def conversion_params(self, fidelity_precision: str, /, **extra: Any) -> dict[str, Any]:
+        threshold = self.profile.fidelity.get(fidelity_precision)  # type: ignore[call-overload]
         return {
             "input_spec": self.recipe.input.model_dump(mode="json"),
             "fidelity": threshold.model_dump(exclude_none=True) if threshold else {},
