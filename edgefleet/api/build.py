@@ -50,7 +50,20 @@ def make_plan(ws: Workspace, target: str, model: str | None) -> Plan:
         source=SourceInput(source.path, source.sha256),
         calibration=SourceInput(calibration, sha256_tree(calibration)),
         builder_versions=builder_versions(ws),
+        templates=device_templates(ws),
     ))
+
+
+DEVICE_TEMPLATES = {"tftrt_convert": "jetson/tftrt_convert.py.j2"}
+
+
+def device_templates(ws: Workspace) -> dict[str, SourceInput]:
+    found = {}
+    for name, rel in DEVICE_TEMPLATES.items():
+        path = ws.templates_dir / rel
+        if path.is_file():
+            found[name] = SourceInput(path, sha256_tree(path))
+    return found
 
 
 def plan_table(plan: Plan, store: ArtifactStore) -> Table:

@@ -84,17 +84,19 @@ def plan_savedmodel(b: PlanBuilder, spec: pm.SavedModelFormat) -> None:
 def plan_tftrt(b: PlanBuilder, spec: pm.TftrtFormat) -> None:
     kind = _converter(b, FROZEN_FROM, "a TF-TRT frozen graph")
     frozen = b.add("tftrt/frozen", kind, {"model": b.inputs.source},
-                   {"input_spec": b.recipe.input.model_dump(mode="json"),
-                    "jetpack_tf_version": spec.jetpack_tf_version})
+                   {"target_tf_version": spec.jetpack_tf_version, "batch_size": b.recipe.input.shape[0]})
     precision = spec.converter.precision_mode.lower()
     for relu6 in spec.relu6_replace:
         for nms_cpu in spec.nms_on_cpu:
             name = f"relu6{'-replaced' if relu6 else ''}-nms{'-cpu' if nms_cpu else '-default'}"
-            b.add(f"tftrt/{name}", "tftrt.rewrite", {"graph": StepInput(frozen)},
+            b.add(f"tftrt/{name}", "tftrt.rewrite", {"graph": StepInput(frozen, "frozen.pb")},
                   {"relu6_replace": relu6, "nms_on_cpu": nms_cpu, "remove_asserts": spec.remove_asserts},
                   variant=f"tftrt-{precision}-{name}", runtime="tftrt")
-    b.add("tftrt/device-script", "tftrt.device_script", {},
-          {"converter": spec.converter.model_dump(mode="json")})
+    script_inputs: dict[str, Input] = {"graph_info": StepInput(frozen, "graph.json")}
+    template = b.inputs.templates.get("tftrt_convert")
+    if template is not None:
+        script_inputs["template"] = template
+    b.add("tftrt/device-script", "tftrt.device_script", script_inputs, spec.converter.model_dump(mode="json"))
     b.notes.append("TF-TRT engines are built on the Jetson itself (they are tied to its GPU and TensorRT); "
                    "deploy ships the frozen graphs and tftrt_convert.py.")
 
@@ -104,7 +106,7 @@ def plan_edgetpu(b: PlanBuilder, spec: pm.EdgetpuFormat) -> None:
     int8 = tflite_step(b, "full-int8")
     b.add("edgetpu/preflight", "edgetpu.preflight", {"model": StepInput(int8)}, {})
     b.add("edgetpu/compiled", "edgetpu.compile", {"model": StepInput(int8)},
-          {"compiler": spec.compiler.model_dump(mode="json")}, variant="edgetpu", runtime="tflite")
+          spec.compiler.model_dump(mode="json", exclude_none=True), variant="edgetpu", runtime="tflite")
 
 
 @format_planner("android_aar")

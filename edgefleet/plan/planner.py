@@ -26,6 +26,8 @@ class PlanInputs:
     calibration: SourceInput
     builder_versions: Mapping[str, str] = field(default_factory=dict)
     fidelity_samples: int = 8
+    # Device-side templates a step renders (name -> file), so a template edit changes the key.
+    templates: Mapping[str, SourceInput] = field(default_factory=dict)
 
 
 class PlanBuilder:

@@ -64,7 +64,7 @@ class SavedModelFormat(Strict):
 
 
 class TftrtConverter(Strict):
-    precision_mode: Literal["FP16", "FP32", "INT8"] = "FP16"
+    precision_mode: Literal["FP16", "FP32"] = "FP16"
     max_batch_size: int = Field(1, ge=1)
     is_dynamic_op: bool = False
     max_workspace_size_bytes: int = Field(1 << 25, ge=1 << 20)
