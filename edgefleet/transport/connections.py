@@ -29,7 +29,8 @@ class SshConnection(_Connection):
     trust_on_first_use: bool = Field(
         False, description="Accept and record an unknown host key. A changed key is always refused.")
     io_timeout_s: float = Field(
-        60.0, gt=0, description="Give up on a file transfer that makes no progress for this long.")
+        60.0, gt=0, description="Drop the connection when the device acknowledges nothing for this long "
+                                "(link down); an upload then reconnects and retries.")
 
 
 class LocalConnection(_Connection):

@@ -1,0 +1,147 @@
+"""Verified, atomic uploads that retry across a dropped link.
+
+The file goes to a hidden temp name next to its destination, is flushed and hashed ON
+THE DEVICE, and only then renamed over the destination: the final path holds either
+the old file or the complete new one, never a partial.
+"""
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgefleet.deploy.remote_fs import remote_free_bytes, remote_fsync, remote_sha256
+from edgefleet.errors import DeployError, TransportError
+from edgefleet.transport.base import Progress, Transport, TransportUnavailable
+
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    sent_bytes: int   # bytes put on the wire, counting attempts that failed
+    skipped: bool     # the device already had this exact file; nothing was sent
+    attempts: int = 1
+
+
+class _Corrupted(Exception):
+    """The temp file's hash on the device differs: the transfer went wrong; send it again."""
+
+
+def temp_name(remote: str) -> str:
+    directory, name = posixpath.split(remote)
+    return posixpath.join(directory, f".{name}.part-{secrets.token_hex(4)}")
+
+
+def _temp_pattern(remote: str) -> str:
+    # find's -name takes a glob; escape the file's own glob characters.
+    name = posixpath.basename(remote)
+    return "".join("\\" + c if c in "*?[]\\" else c for c in f".{name}.part-") + "*"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def upload_verified(transport: Transport, local: Path, remote: str, *, sha256: str, retries: int = 4,
+                    backoff_s: float = 1.0, progress: Progress | None = None,
+                    sleep: Callable[[float], None] = time.sleep) -> UploadResult:
+    """Make ``remote`` on the device hold exactly ``local`` (whose sha256 is ``sha256``).
+
+    Sends nothing when the device already has it. A lost connection is retried up to
+    ``retries`` times, reconnecting after ``backoff_s``, then twice that, and so on.
+    """
+    local = Path(local)
+    if not local.is_file():
+        raise DeployError(f"{transport.describe()}: cannot upload {local}: no such file")
+    expected = sha256.strip().lower()
+    retries = max(0, retries)
+    upload = _Upload(transport, local, remote, expected, progress)
+    last_error: Exception | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            sleep(backoff_s * 2 ** (attempt - 1))
+            try:
+                transport.close()
+                transport.connect()
+            except TransportUnavailable as err:
+                last_error = err
+                continue
+        try:
+            return upload.attempt(attempt + 1)
+        except (TransportUnavailable, _Corrupted) as err:
+            last_error = err
+        except BaseException:
+            upload.discard_temps()
+            raise
+    upload.discard_temps()
+    raise DeployError(f"{transport.describe()}: upload of {local.name} to {remote} failed after "
+                      f"{retries + 1} attempts; last error: {last_error}") from last_error
+
+
+class _Upload:
+    def __init__(self, transport: Transport, local: Path, remote: str, sha256: str,
+                 progress: Progress | None) -> None:
+        self.transport = transport
+        self.local = local
+        self.remote = remote
+        self.sha256 = sha256
+        self.progress = progress
+        self.size = local.stat().st_size
+        self.sent = 0
+        self.temps: list[str] = []
+
+    def attempt(self, number: int) -> UploadResult:
+        t, remote = self.transport, self.remote
+        self.discard_temps()  # what an earlier attempt left behind before the link dropped
+        if remote_sha256(t, remote) == self.sha256:
+            return UploadResult(self.sent, skipped=self.sent == 0, attempts=number)
+        directory = posixpath.dirname(remote) or "."
+        t.run(["mkdir", "-p", "--", directory])
+        # Temp files of an upload that died with its connection (e.g. retries exhausted).
+        t.run(["find", directory, "-maxdepth", "1", "-type", "f", "-name", _temp_pattern(remote),
+               "-delete"], check=False)
+        free = remote_free_bytes(t, directory)
+        if free < self.size:
+            raise DeployError(f"{t.describe()}: not enough space for {self.local.name} in {directory}: "
+                              f"needs {self.size} bytes, {free} bytes free. Free space on the device or "
+                              f"choose another workdir.")
+        temp = temp_name(remote)
+        self.temps.append(temp)
+        t.put(self.local, temp, progress=self._counting())
+        remote_fsync(t, temp)
+        got = remote_sha256(t, temp)
+        if got != self.sha256:
+            if file_sha256(self.local) != self.sha256:
+                raise DeployError(f"{self.local} does not have the expected sha256 {self.sha256}: the local "
+                                  f"artifact changed or is corrupt; rebuild it")
+            raise _Corrupted(f"sha256 on the device is {got}, expected {self.sha256}")
+        t.run(["mv", "-f", "--", temp, remote])
+        self.temps.remove(temp)
+        return UploadResult(self.sent, skipped=False, attempts=number)
+
+    def _counting(self) -> Progress:
+        base = self.sent
+
+        def report(done: int, total: int) -> None:
+            self.sent = base + done
+            if self.progress is not None:
+                self.progress(done, total)
+        return report
+
+    def discard_temps(self) -> None:
+        """Best effort: if the device is unreachable the next upload of this file sweeps them."""
+        for temp in list(self.temps):
+            try:
+                self.transport.run(["rm", "-f", "--", temp], check=False)
+            except TransportError:
+                return
+            self.temps.remove(temp)

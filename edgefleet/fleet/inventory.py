@@ -1,0 +1,75 @@
+"""The inventory a running fleet publishes: device name -> how to reach it and where to work.
+
+``load_inventory`` is what deploy uses to turn an emulated device name into an
+``SshConnection`` and a workdir.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edgefleet.errors import ConfigError
+from edgefleet.transport.connections import SshConnection
+
+INVENTORY_FILE = "inventory.json"
+
+Isolation = Literal["netns", "loopback"]
+
+
+class InventoryDevice(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    stands_in_for: str
+    arch: str
+    connection: SshConnection
+    workdir: str
+    emulated: bool = True
+    # The host's end of the device's cable (netns fleets only); see fleet.set_link.
+    link: str | None = None
+
+
+class Inventory(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    isolation: Isolation
+    devices: dict[str, InventoryDevice]
+
+    def device(self, name: str) -> InventoryDevice:
+        try:
+            return self.devices[name]
+        except KeyError:
+            known = ", ".join(sorted(self.devices)) or "none"
+            raise ConfigError(f"no emulated device {name!r} in the fleet inventory (devices: {known})") from None
+
+
+def inventory_path(path: Path) -> Path:
+    return path / INVENTORY_FILE if path.is_dir() else path
+
+
+def load_inventory(path: Path) -> Inventory:
+    """Read an inventory; ``path`` is the fleet's state directory or the inventory file itself."""
+    file = inventory_path(Path(path))
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no fleet inventory here; bring the emulated fleet up first") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{file}: unreadable fleet inventory: {err}") from err
+    try:
+        return Inventory.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{file}: invalid fleet inventory:\n{err}") from err
+
+
+def save_inventory(inventory: Inventory, state_dir: Path) -> Path:
+    file = state_dir / INVENTORY_FILE
+    tmp = file.with_name(file.name + ".tmp")
+    tmp.write_text(inventory.model_dump_json(indent=2) + "\n")
+    os.replace(tmp, file)
+    return file

@@ -1,0 +1,316 @@
+"""The SSH transport.
+
+Fabric resolves the connection (``~/.ssh/config`` host aliases, HostName, Port, User,
+IdentityFile, ProxyJump, the agent) and opens it. Commands and transfers then go
+through the underlying paramiko channel and SFTP client directly: invoke's runner
+feeds stdin one byte per poll tick and decodes it as text, which is wrong for binary
+data and slow for anything large.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import select
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import paramiko
+
+from edgefleet.errors import TransportError
+from edgefleet.transport.base import (
+    CommandTimeout,
+    Progress,
+    RunResult,
+    TransportBase,
+    TransportUnavailable,
+    check_argv,
+    command_failed,
+)
+from edgefleet.transport.connections import SshConnection
+from edgefleet.transport.hostkeys import (
+    RejectUnknown,
+    TrustOnFirstUse,
+    UnknownHostKey,
+    changed_key_message,
+    load_known_hosts,
+    unknown_key_message,
+)
+
+if TYPE_CHECKING:
+    import fabric
+
+DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
+KEEPALIVE_S = 15
+_POLL_S = 0.1
+_CHUNK = 65536
+# SFTP errors that mean "this path is wrong", not "the link is gone".
+_PATH_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEXIST}
+
+
+class SshTransport(TransportBase):
+    def __init__(self, connection: SshConnection, *, name: str) -> None:
+        self.connection = connection
+        self.name = name
+        self._fabric: fabric.Connection | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        # Resolving ~/.ssh/config needs no network, and gives describe() the real address.
+        self._resolved = self._new_fabric_connection()
+
+    # -- connection -------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return str(self._resolved.host)
+
+    @property
+    def port(self) -> int:
+        return int(self._resolved.port)
+
+    @property
+    def user(self) -> str:
+        return str(self._resolved.user)
+
+    @property
+    def known_hosts(self) -> Path:
+        if self.connection.known_hosts:
+            return Path(self.connection.known_hosts).expanduser()
+        configured = self._resolved.ssh_config.get("userknownhostsfile")
+        if configured:
+            first = configured.split()[0]
+            if "%" not in first:  # ssh_config tokens (%d, %u...) are OpenSSH's; fall back to the default
+                return Path(first).expanduser()
+        return DEFAULT_KNOWN_HOSTS.expanduser()
+
+    def describe(self) -> str:
+        return f"{self.name} (ssh {self.user}@{self.host}:{self.port})"
+
+    def _new_fabric_connection(self) -> fabric.Connection:
+        from fabric import Config, Connection
+
+        c = self.connection
+        timeout = c.connect_timeout_s
+        connect_kwargs: dict[str, object] = {
+            "timeout": timeout, "banner_timeout": timeout, "auth_timeout": timeout,
+            "channel_timeout": timeout,
+        }
+        if c.key_filename:
+            connect_kwargs["key_filename"] = [str(Path(c.key_filename).expanduser())]
+        conn = Connection(c.host, user=c.user, port=c.port, config=Config(), connect_kwargs=connect_kwargs)
+        # The profile's connect timeout (a float) wins over ssh_config's ConnectTimeout; Fabric
+        # would otherwise pass both and refuse.
+        conn.connect_timeout = None
+        return conn
+
+    def connect(self) -> None:
+        if self._fabric is not None:
+            if self._fabric.is_connected:
+                return
+            self.close()  # the link dropped: start over, SFTP session included
+        c = self.connection
+        if c.key_filename and not Path(c.key_filename).expanduser().is_file():
+            raise TransportError(f"{self.describe()}: key file {c.key_filename} does not exist "
+                                 f"(transport.key_filename in the profile)")
+        conn = self._new_fabric_connection()
+        known_hosts = self.known_hosts
+        load_known_hosts(conn.client, known_hosts)
+        policy = TrustOnFirstUse(known_hosts) if c.trust_on_first_use else RejectUnknown()
+        conn.client.set_missing_host_key_policy(policy)
+        try:
+            conn.open()
+        except Exception as err:
+            conn.close()
+            mapped = self._connect_error(err, known_hosts)
+            if mapped is err:
+                raise
+            raise mapped from err
+        except BaseException:
+            conn.close()
+            raise
+        assert conn.transport is not None  # set by a successful open()
+        # Something must be in flight for the kernel to notice a dead link (see _limit_unacknowledged).
+        conn.transport.set_keepalive(max(1, int(min(KEEPALIVE_S, c.io_timeout_s))))
+        _limit_unacknowledged(conn.transport.sock, c.io_timeout_s)
+        self._fabric = conn
+
+    def close(self) -> None:
+        sftp, conn = self._sftp, self._fabric
+        self._sftp, self._fabric = None, None
+        for closer in (sftp, conn):
+            if closer is None:
+                continue
+            try:
+                closer.close()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass  # the link is already gone; nothing left to release
+
+    def _connect_error(self, err: Exception, known_hosts: Path) -> Exception:
+        d, host, port, t = self.describe(), self.host, self.port, self.connection.connect_timeout_s
+        if isinstance(err, UnknownHostKey):
+            return TransportError(unknown_key_message(d, err, known_hosts, host, port))
+        if isinstance(err, paramiko.BadHostKeyException):
+            return TransportError(changed_key_message(d, err, known_hosts, host, port))
+        if isinstance(err, paramiko.PasswordRequiredException):
+            return TransportError(f"{d}: the private key is encrypted and no passphrase is available; "
+                                  f"load it into ssh-agent (`ssh-add`) first")
+        if isinstance(err, paramiko.AuthenticationException):
+            key = self.connection.key_filename or "ssh-agent and ~/.ssh/id_*"
+            return TransportError(
+                f"{d}: authentication failed for user {self.user}: the device accepted none of the offered keys "
+                f"({key}). Install your public key on the device (`ssh-copy-id -p {port} {self.user}@{host}`) "
+                f"or set transport.key_filename / transport.user in the profile.")
+        if isinstance(err, socket.gaierror):
+            return TransportError(f"{d}: cannot resolve host name {host!r}: check transport.host in the profile "
+                                  f"or the Host entry in ~/.ssh/config")
+        if isinstance(err, paramiko.ssh_exception.NoValidConnectionsError):
+            codes = {e.errno for e in err.errors.values()}
+            if codes == {errno.ECONNREFUSED}:
+                return TransportUnavailable(
+                    f"{d}: connection refused by {host}:{port}: the device is up but no SSH server listens there. "
+                    f"Check that sshd runs on the device (`systemctl status ssh`) and that the port is right.")
+            return TransportUnavailable(f"{d}: no route to {host}:{port}: check the device's network cable/Wi-Fi "
+                                        f"and its address")
+        if isinstance(err, (socket.timeout, TimeoutError)):
+            return TransportUnavailable(
+                f"{d}: connect timeout ({t:g}s) expired: no answer from {host}:{port}. Check that the device is "
+                f"powered on and reachable (`ping {host}`), or raise transport.connect_timeout_s.")
+        if isinstance(err, OSError) and err.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return TransportUnavailable(f"{d}: no route to {host}:{port} ({os.strerror(err.errno)}): check the "
+                                        f"device's network and its address")
+        if isinstance(err, paramiko.SSHException) and "banner" in str(err).lower():
+            return TransportUnavailable(
+                f"{d}: connect timeout ({t:g}s) expired waiting for the SSH greeting: {host}:{port} accepted the "
+                f"connection but did not speak SSH in time (device overloaded, or not an SSH port?)")
+        if isinstance(err, (paramiko.SSHException, EOFError, OSError)):
+            return TransportUnavailable(f"{d}: SSH connection failed: {err}")
+        return err
+
+    def _transport(self) -> paramiko.Transport:
+        self.connect()
+        assert self._fabric is not None and self._fabric.transport is not None
+        transport: paramiko.Transport = self._fabric.transport
+        if not transport.is_active():
+            self.close()
+            raise TransportUnavailable(f"{self.describe()}: the SSH connection was lost")
+        return transport
+
+    # -- commands ---------------------------------------------------------
+
+    def run(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True,
+            stdin: bytes | None = None) -> RunResult:
+        args = check_argv(argv)
+        command = shlex.join(args)
+        limit = timeout if timeout is not None else self.connection.command_timeout_s
+        transport = self._transport()
+        try:
+            chan = transport.open_session(timeout=self.connection.connect_timeout_s)
+        except (paramiko.SSHException, EOFError, OSError) as err:
+            self.close()
+            raise TransportUnavailable(f"{self.describe()}: cannot open an SSH session: {err}") from err
+        try:
+            result = self._exchange(chan, command, limit, stdin)
+        except (paramiko.SSHException, EOFError, OSError) as err:
+            self.close()
+            raise TransportUnavailable(f"{self.describe()}: connection lost while running: {command}: {err}") from err
+        finally:
+            chan.close()
+        if check and result.returncode != 0:
+            raise command_failed(self.describe(), args, result)
+        return result
+
+    def _exchange(self, chan: paramiko.Channel, command: str, limit: float, stdin: bytes | None) -> RunResult:
+        deadline = time.monotonic() + limit
+        chan.exec_command(command)
+        if stdin:
+            def feed() -> None:
+                try:
+                    chan.sendall(stdin)
+                    chan.shutdown_write()
+                except (OSError, EOFError, paramiko.SSHException):
+                    pass  # the command stopped reading or the link died; its exit status tells which
+            threading.Thread(target=feed, name=f"ssh-stdin-{self.name}", daemon=True).start()
+        else:
+            chan.shutdown_write()
+        out, err = bytearray(), bytearray()
+        while True:
+            while chan.recv_ready():
+                out += chan.recv(_CHUNK)
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(_CHUNK)
+            if (chan.eof_received or chan.closed) and not chan.recv_ready() and not chan.recv_stderr_ready():
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CommandTimeout(f"{self.describe()}: command timeout ({limit:g}s) expired running: {command}")
+            # The channel's fileno wakes us on stdout data and EOF; stderr is picked up on the next tick.
+            select.select([chan], [], [], min(remaining, _POLL_S))
+        if not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
+            raise CommandTimeout(f"{self.describe()}: command timeout ({limit:g}s) expired waiting for the exit "
+                                 f"status of: {command}")
+        status = chan.recv_exit_status()
+        if status == -1 and not chan.get_transport().is_active():
+            raise TransportUnavailable(f"{self.describe()}: connection lost while running: {command}")
+        return RunResult(status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+    # -- files ------------------------------------------------------------
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        transport = self._transport()
+        if self._sftp is None:
+            try:
+                self._sftp = paramiko.SFTPClient.from_transport(transport)
+            except (paramiko.SSHException, EOFError, OSError) as err:
+                self.close()
+                raise TransportUnavailable(f"{self.describe()}: cannot start SFTP (is the sftp subsystem "
+                                           f"enabled in the device's sshd_config?): {err}") from err
+            assert self._sftp is not None
+            # A device whose SFTP server stops answering (while TCP still acknowledges) ends in a timeout.
+            self._sftp.get_channel().settimeout(self.connection.io_timeout_s)
+        return self._sftp
+
+    def _transfer_error(self, err: BaseException, what: str) -> TransportError:
+        if isinstance(err, OSError) and err.errno in _PATH_ERRNOS:
+            return TransportError(f"{self.describe()}: {what}: {os.strerror(err.errno)}")
+        self.close()
+        if isinstance(err, (socket.timeout, TimeoutError)):
+            return TransportUnavailable(f"{self.describe()}: io timeout ({self.connection.io_timeout_s:g}s) "
+                                        f"expired: {what} made no progress (link down?)")
+        detail = str(err) or type(err).__name__
+        return TransportUnavailable(f"{self.describe()}: connection lost during {what} ({detail})")
+
+    def put(self, local: Path, remote: str, *, progress: Progress | None = None) -> None:
+        if not Path(local).is_file():
+            raise TransportError(f"{self.describe()}: cannot upload {local}: no such local file")
+        sftp = self._sftp_client()
+        try:
+            sftp.put(str(local), remote, callback=progress, confirm=True)
+        except (OSError, EOFError, paramiko.SSHException) as err:
+            raise self._transfer_error(err, f"upload of {local} to {remote}") from err
+
+    def get(self, remote: str, local: Path) -> None:
+        local = Path(local)
+        partial = local.with_name(f".{local.name}.part")
+        sftp = self._sftp_client()
+        try:
+            sftp.get(remote, str(partial))
+        except (OSError, EOFError, paramiko.SSHException) as err:
+            partial.unlink(missing_ok=True)
+            raise self._transfer_error(err, f"download of {remote} to {local}") from err
+        os.replace(partial, local)
+
+
+def _limit_unacknowledged(sock: object, seconds: float) -> None:
+    """Have the kernel drop the connection when sent data stays unacknowledged for ``seconds``.
+
+    Without this a pulled cable stalls a transfer until TCP gives up, minutes later:
+    paramiko retries a blocked socket write forever. The keepalive makes an idle
+    connection send something, so a dead link is noticed there too.
+    """
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux only
+    if option is None or not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(seconds * 1000)))
