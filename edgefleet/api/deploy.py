@@ -1,0 +1,217 @@
+"""`invoke deploy`: build what is missing, then facts -> plan -> apply on one device, and start the run."""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.table import Table
+
+from edgefleet.agent.bundle import build_agent_bundle
+from edgefleet.api.build import make_plan
+from edgefleet.api.context import Env
+from edgefleet.backends.registry import open_backend
+from edgefleet.deploy.apply import ApplyResult, apply_plan, runtime_python
+from edgefleet.deploy.devices import DeviceAddress, resolve_device
+from edgefleet.deploy.facts import gather_facts
+from edgefleet.deploy.plan import (DeployPlan, DeployRequest, LocalFile, ProvisionRuntime, Skip, StartAgent,
+                                   Upload, Variant, WriteRunConfig, expected_files, plan_deploy)
+from edgefleet.errors import DeployError
+from edgefleet.execute import execute_plan
+from edgefleet.plan.model import Plan
+from edgefleet.profiles.load import load_profile
+from edgefleet.profiles.model import Profile
+from edgefleet.recipes.load import load_recipe
+from edgefleet.recipes.sources import sha256_file
+from edgefleet.runs import RunRecord, new_run_id, save_run
+from edgefleet.store import ArtifactStore
+from edgefleet.transport.base import Transport
+from edgefleet.transport.registry import open_transport
+from edgefleet.workspace import Workspace
+
+HOST_TARGET = "local"  # an emulated device runs this host's CPU, so it gets this host's runtime wheels
+FINAL_STATES = ("done", "failed", "interrupted")
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    target: str
+    model: str | None = None
+    device: str | None = None        # an emulated-fleet device name; default: the target's name
+    dry_run: bool = False
+    wait: bool = False
+    eval: bool = False
+    lock_wait_s: float = 0.0
+    backend: str | None = None
+    workspace: Path | None = None
+
+
+@dataclass
+class DeployOutcome:
+    run_id: str
+    device: str
+    plan: DeployPlan
+    applied: ApplyResult | None
+    final_status: dict | None = None
+
+
+def local_file(path: Path) -> LocalFile:
+    return LocalFile(path, sha256_file(path), path.stat().st_size)
+
+
+def built_variants(plan: Plan, store: ArtifactStore, say) -> list[Variant]:
+    variants = []
+    for step in plan.variants:
+        if not store.has(step.key):
+            say(f"[yellow]not deployed:[/] {step.variant} was not built here")
+            continue
+        manifest = store.manifest(step.key)
+        primary = store.primary_file(step.key)
+        if not primary.is_file():
+            say(f"[yellow]not deployed:[/] {step.variant} is a folder artifact; the agent runs single-file models")
+            continue
+        variants.append(Variant(step.variant or step.id, step.runtime or "tflite", step.key, local_file(primary),
+                                bool(manifest.get("valid", True))))
+    return variants
+
+
+def wheelhouse_files(ws: Workspace, profile: Profile, address: DeviceAddress, env: Env,
+                     backend_name: str | None) -> tuple[list[LocalFile], tuple[str, ...], str]:
+    """The runtime wheels for the device's real CPU, built (or cached) now."""
+    source_profile = profile
+    if address.emulated and profile.device.arch != platform.machine():
+        source_profile = load_profile(ws.targets_dir, HOST_TARGET).profile
+    runtime = source_profile.runtime
+    if runtime.provided_by != "wheelhouse" or not runtime.packages:
+        return [], (), f"provided by the device: {runtime.note or runtime.name}"
+    plan = make_plan(ws, source_profile.name, None)
+    step = plan.step("runtime/wheelhouse")
+    store = ArtifactStore(ws.artifacts_dir)
+    if not store.has(step.key):
+        backend = open_backend(backend_name or ws.settings.backend, ws, env.environ)
+        single = Plan(plan.target, plan.model, (step,))
+        summary = execute_plan(single, store, backend, console=env.console)
+        if summary.failed or summary.unavailable:
+            raise DeployError(f"cannot make the runtime wheelhouse for {source_profile.name}: "
+                              f"{(summary.failed or summary.unavailable)[0].message}")
+    folder = store.path(step.key)
+    wheels = [local_file(p) for p in sorted(folder.rglob("*.whl"))]
+    present = {p.path.name.split("-")[0].lower().replace("_", "-") for p in wheels}
+    requirements = list(runtime.packages)
+    for optional in runtime.optional_packages:
+        name = optional.split("=")[0].split("<")[0].split(">")[0].strip().lower().replace("_", "-")
+        if name in present:
+            requirements.append(optional)
+    return wheels, tuple(requirements), f"wheels for {source_profile.name} ({len(wheels)} files)"
+
+
+def plan_table(plan: DeployPlan) -> Table:
+    table = Table(title=f"deploy plan: run {plan.run_id} on {plan.device}")
+    table.add_column("action")
+    table.add_column("what")
+    table.add_column("where")
+    table.add_column("bytes", justify="right")
+    for action in plan.actions:
+        if isinstance(action, Upload):
+            table.add_row("upload", action.what, action.remote, f"{action.size:,}")
+        elif isinstance(action, Skip):
+            table.add_row("[dim]skip (same sha256 on device)[/]", action.what, action.remote, "0")
+        elif isinstance(action, ProvisionRuntime):
+            table.add_row("provision runtime", " ".join(action.requirements), action.wheelhouse, "")
+        elif isinstance(action, WriteRunConfig):
+            table.add_row("write run config", f"{len(action.config['cells'])} cells", action.remote, "")
+        elif isinstance(action, StartAgent):
+            table.add_row("start agent (detached)", action.agent, action.run_dir, "")
+    return table
+
+
+def agent_status(transport: Transport, python: str, agent: str, run_dir: str) -> dict:
+    result = transport.run([python, agent, "status", run_dir], timeout=60, check=False)
+    if result.returncode != 0:
+        return {"state": "unknown", "error": result.stderr.strip()[-300:]}
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        return {"state": "unknown", "error": result.stdout[-300:]}
+
+
+def follow_run(transport: Transport, python: str, agent: str, run_dir: str, say, poll_s: float = 1.0,
+               timeout_s: float = 3600.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while True:
+        status = agent_status(transport, python, agent, run_dir)
+        line = f"{status.get('state')}: {status.get('cells_done', 0)}/{status.get('cells_total', '?')} cells"
+        if line != last:
+            say(f"  {line}" + (f" ({status['current_cell']})" if status.get("current_cell") else ""))
+            last = line
+        if status.get("state") in FINAL_STATES:
+            return status
+        if time.monotonic() > deadline:
+            raise DeployError(f"the run in {run_dir} did not finish within {timeout_s:.0f} s (--wait)")
+        time.sleep(poll_s)
+
+
+def deploy(options: DeployOptions, env: Env | None = None) -> DeployOutcome:
+    env = env or Env()
+    say = env.console.print
+    ws = env.workspace(options.workspace)
+    loaded = load_profile(ws.targets_dir, options.target)
+    profile = loaded.profile
+    if profile.device.python is None:
+        raise DeployError(f"target {profile.name!r} has no Python on the device ({profile.runtime.name}); "
+                          "the edgefleet agent cannot run there yet: use `invoke build` for its artifacts")
+    recipe = load_recipe(ws.models_dir, options.model or ws.settings.default_model)
+    plan = make_plan(ws, options.target, options.model)
+    store = ArtifactStore(ws.artifacts_dir)
+    if not options.dry_run:
+        backend = open_backend(options.backend or ws.settings.backend, ws, env.environ)
+        execute_plan(plan, store, backend, jobs=ws.settings.jobs, timeout_s=ws.settings.step_timeout_s,
+                     console=env.console)
+    variants = built_variants(plan, store, say)
+    address = resolve_device(profile, ws.state_dir, options.device)
+    wheels, requirements, runtime_note = wheelhouse_files(ws, profile, address, env, options.backend) \
+        if not options.dry_run else ([], (), "not resolved in a dry run")
+    agent = build_agent_bundle(ws.state_dir / "agent")
+    samples_path = recipe.file(recipe.recipe.calibration.path)
+    run_id = new_run_id(profile.name)
+    request = DeployRequest(
+        device=address.name, profile=profile, workdir=address.workdir, run_id=run_id, variants=variants,
+        agent=LocalFile(agent.path, agent.sha256, agent.path.stat().st_size),
+        samples=local_file(samples_path) if samples_path.suffix == ".npy" else None,
+        samples_normalization=recipe.recipe.input.normalization.model_dump(mode="json"),
+        wheelhouse=wheels, runtime_requirements=requirements, emulated_inventory=address.emulated,
+    )
+    say(f"runtime: {runtime_note}")
+    with open_transport(address.connection, name=address.name) as transport:
+        facts = gather_facts(transport, address.workdir, expected_files(request))
+        deploy_plan = plan_deploy(request, facts)
+        say(plan_table(deploy_plan))
+        for warning in deploy_plan.warnings:
+            say(f"[yellow]note:[/] {warning}")
+        say(f"{deploy_plan.bytes_to_send:,} bytes to send, {deploy_plan.cells} cells to measure")
+        if options.dry_run:
+            say("dry run: nothing was sent")
+            return DeployOutcome(run_id, address.name, deploy_plan, None)
+        has_venv = bool(facts.runtime)
+        applied = apply_plan(deploy_plan, transport, address.workdir, lock_wait_s=options.lock_wait_s,
+                             say=say, has_runtime_venv=has_venv)
+        save_run(ws.state_dir, RunRecord(
+            run_id=run_id, target=profile.name, model=recipe.recipe.name, device=address.name,
+            workdir=address.workdir, emulated=facts.emulated or address.emulated, started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            connection=address.connection.model_dump(mode="json"), eval=options.eval))
+        say(f"run {run_id} started on {address.name}: {applied.sent_bytes:,} bytes sent, "
+            f"{len(applied.skipped)} files already there")
+        outcome = DeployOutcome(run_id, address.name, deploy_plan, applied)
+        if options.wait:
+            start = next(a for a in deploy_plan.actions if isinstance(a, StartAgent))
+            python = runtime_python(address.workdir, has_venv or applied.provisioned, "python3")
+            outcome.final_status = follow_run(transport, python, start.agent, start.run_dir, say)
+            if outcome.final_status.get("state") != "done":
+                raise DeployError(f"run {run_id} on {address.name} ended {outcome.final_status.get('state')}: "
+                                  f"{outcome.final_status.get('reason', '')}")
+    return outcome
+

@@ -1,0 +1,91 @@
+"""Carry out a DeployPlan on one device, under its lock.
+
+Uploads are atomic and verified (see upload.py); after each one a ``.sha256``
+sidecar records what was verified, which is how the facts probe knows a later
+deploy can skip the file. The benchmark starts detached and survives an SSH drop.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from edgefleet.deploy.lock import DeviceLock
+from edgefleet.deploy.plan import (DeployPlan, ProvisionRuntime, Skip, StartAgent, Upload,
+                                   WriteRunConfig)
+from edgefleet.deploy.upload import upload_verified
+from edgefleet.errors import DeployError
+from edgefleet.transport.base import Transport
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class ApplyResult:
+    run_id: str
+    sent_bytes: int = 0
+    uploaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    agent_pid: int | None = None
+    provisioned: bool = False
+
+
+def _write_remote_text(transport: Transport, remote: str, text: str) -> None:
+    """Write a small file atomically: temp name in the same folder, then rename."""
+    tmp = f"{remote}.tmp"
+    transport.run(["mkdir", "-p", "--", posixpath.dirname(remote)])
+    transport.run(["tee", "--", tmp], stdin=text.encode())
+    transport.run(["mv", "-f", "--", tmp, remote])
+
+
+def provision_runtime(transport: Transport, workdir: str, action: ProvisionRuntime, python: str, say: Say) -> None:
+    venv = f"{workdir}/runtime/venv"
+    say(f"provisioning the runtime venv from the pushed wheelhouse ({len(action.requirements)} requirements)")
+    transport.run(["rm", "-rf", "--", venv], timeout=120)
+    transport.run([python, "-m", "venv", venv], timeout=300)
+    result = transport.run([f"{venv}/bin/python", "-m", "pip", "install", "--no-index", "--disable-pip-version-check",
+                            "--find-links", action.wheelhouse, *action.requirements], timeout=900, check=False)
+    if result.returncode != 0:
+        raise DeployError(f"{transport.describe()}: installing the runtime from the wheelhouse failed "
+                          f"(exit {result.returncode}); the device has no internet, so every wheel must be in "
+                          f"the bundle:\n{result.stderr.strip()[-1500:]}")
+    _write_remote_text(transport, f"{workdir}/runtime/provisioned.json",
+                       json.dumps({"digest": action.digest, "requirements": list(action.requirements)}))
+
+
+def runtime_python(workdir: str, provisioned: bool, fallback: str) -> str:
+    return f"{workdir}/runtime/venv/bin/python" if provisioned else fallback
+
+
+def apply_plan(plan: DeployPlan, transport: Transport, workdir: str, *, python: str = "python3",
+               lock_wait_s: float = 0.0, say: Say = print, has_runtime_venv: bool = False) -> ApplyResult:
+    result = ApplyResult(plan.run_id)
+    with DeviceLock(transport, workdir, plan.run_id, wait_s=lock_wait_s):
+        folders = sorted({posixpath.dirname(a.remote) for a in plan.actions if isinstance(a, Upload)})
+        if folders:
+            transport.run(["mkdir", "-p", "--", *folders])
+        for action in plan.actions:
+            if isinstance(action, Skip):
+                result.skipped.append(action.remote)
+            elif isinstance(action, Upload):
+                say(f"upload {action.what} ({action.size:,} bytes)")
+                sent = upload_verified(transport, action.local, action.remote, sha256=action.sha256)
+                result.sent_bytes += sent.sent_bytes
+                result.uploaded.append(action.remote)
+                _write_remote_text(transport, action.remote + ".sha256", action.sha256)
+            elif isinstance(action, ProvisionRuntime):
+                provision_runtime(transport, workdir, action, python, say)
+                result.provisioned = True
+                has_runtime_venv = True
+            elif isinstance(action, WriteRunConfig):
+                _write_remote_text(transport, action.remote, json.dumps(action.config, indent=2))
+            elif isinstance(action, StartAgent):
+                agent_python = runtime_python(workdir, has_runtime_venv, python)
+                started = transport.run([agent_python, action.agent, "start", action.run_dir], timeout=60)
+                say(f"agent started detached: {started.stdout.strip()}")
+                try:
+                    result.agent_pid = int(started.stdout.strip().split()[-1])
+                except (ValueError, IndexError):
+                    result.agent_pid = None
+    return result

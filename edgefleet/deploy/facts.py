@@ -1,0 +1,92 @@
+"""Facts about a device, gathered in one remote call: arch, OS, Python, disk, runtime, files present.
+
+The probe is a small Python 3.6-compatible program sent on stdin, so one SSH
+round trip answers everything deploy needs to plan.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgefleet.errors import DeployError
+from edgefleet.transport.base import Transport
+
+# Runs on the device: stdlib only, Python >= 3.6. Reads {"workdir", "files": {path: sha}} on stdin.
+PROBE = r'''
+import json, os, platform, shutil, sys
+req = json.loads(sys.stdin.read())
+wd = req["workdir"]
+probe = wd
+while not os.path.exists(probe):
+    probe = os.path.dirname(probe) or "/"
+usage = shutil.disk_usage(probe)
+osname = ""
+try:
+    with open("/etc/os-release") as fh:
+        for line in fh:
+            if line.startswith("PRETTY_NAME="):
+                osname = line.split("=", 1)[1].strip().strip('"')
+except OSError:
+    pass
+identity = None
+try:
+    with open(os.path.join(wd, "device.json")) as fh:
+        identity = json.load(fh)
+except (OSError, ValueError):
+    pass
+present = {}
+for path, sha in req["files"].items():
+    try:
+        with open(path + ".sha256") as fh:
+            present[path] = fh.read().strip() == sha and os.path.isfile(path)
+    except OSError:
+        present[path] = False
+runtime = None
+try:
+    with open(os.path.join(wd, "runtime", "provisioned.json")) as fh:
+        runtime = json.load(fh)
+except (OSError, ValueError):
+    pass
+print(json.dumps({
+    "arch": platform.machine(), "os": osname, "python": "%d.%d" % sys.version_info[:2],
+    "python_path": sys.executable, "free_bytes": usage.free, "free_path": probe,
+    "identity": identity, "present": present, "runtime": runtime,
+}))
+'''
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    arch: str
+    os: str
+    python: str
+    python_path: str
+    free_bytes: int
+    free_path: str
+    identity: Mapping[str, Any] | None
+    present: Mapping[str, bool] = field(default_factory=dict)
+    runtime: Mapping[str, Any] | None = None
+
+    @property
+    def emulated(self) -> bool:
+        return bool(self.identity and self.identity.get("emulated"))
+
+
+def gather_facts(transport: Transport, workdir: str, files: Mapping[str, str], *,
+                 python: str = "python3", timeout: float = 60.0) -> DeviceFacts:
+    request = json.dumps({"workdir": workdir, "files": dict(files)}).encode()
+    result = transport.run([python, "-c", PROBE], stdin=request, timeout=timeout, check=False)
+    if result.returncode == 127 or "not found" in result.stderr and python in result.stderr:
+        raise DeployError(f"{transport.describe()}: no {python} on the device; the edgefleet agent needs "
+                          "Python >= 3.6 (install python3, or set device.python in the profile)")
+    if result.returncode != 0:
+        raise DeployError(f"{transport.describe()}: the facts probe failed (exit {result.returncode}): "
+                          f"{result.stderr.strip()[-500:]}")
+    try:
+        data = json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise DeployError(f"{transport.describe()}: the facts probe printed no JSON: {result.stdout[-300:]!r}") \
+            from None
+    return DeviceFacts(**data)

@@ -1,0 +1,261 @@
+"""Deploy planning: a pure function from (profile, built variants, device facts) to actions.
+
+Nothing here touches a device, so ``--dry-run`` prints exactly what apply would do,
+and tests pin plans as tables.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgefleet.deploy.facts import DeviceFacts
+from edgefleet.errors import DeployError
+from edgefleet.profiles.model import Profile
+
+# Free space deploy insists on beyond the payload, for logs, the venv and the filesystem's own reserve.
+DISK_MARGIN_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    path: Path
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str             # e.g. "tflite-fp16"
+    runtime: str          # the agent runtime that runs it
+    artifact_key: str
+    file: LocalFile
+    valid: bool = True
+
+
+@dataclass(frozen=True)
+class DelegateSpec:
+    """How the agent loads a delegate, and which variants it makes sense for."""
+
+    payload: Mapping[str, Any] | None     # None: the runtime's default CPU path
+    runtimes: frozenset[str]
+    only_variants: frozenset[str] | None = None
+
+
+DELEGATES: dict[str, DelegateSpec] = {
+    "cpu": DelegateSpec(None, frozenset({"tflite", "onnxruntime", "openvino", "tf", "tftrt"})),
+    # XNNPACK is the TFLite CPU default since 2.3; naming it just records the intent.
+    "xnnpack": DelegateSpec(None, frozenset({"tflite"})),
+    "edgetpu": DelegateSpec({"name": "edgetpu", "library": "libedgetpu.so.1", "options": {}},
+                            frozenset({"tflite"}), frozenset({"edgetpu"})),
+    "gpu-fp16": DelegateSpec({"name": "gpu", "library": "libtensorflowlite_gpu_delegate.so",
+                              "options": {"precision_loss_allowed": "1"}}, frozenset({"tflite"})),
+    "gpu-fp32": DelegateSpec({"name": "gpu", "library": "libtensorflowlite_gpu_delegate.so",
+                              "options": {"precision_loss_allowed": "0"}}, frozenset({"tflite"})),
+    "nnapi": DelegateSpec({"name": "nnapi", "library": "libnnapi_delegate.so", "options": {}},
+                          frozenset({"tflite"})),
+}
+# Variants that cannot run without their accelerator (the compiled Edge TPU model is one custom op).
+ACCELERATOR_ONLY = {"edgetpu": "edgetpu"}
+
+
+@dataclass(frozen=True)
+class Upload:
+    local: Path
+    remote: str
+    sha256: str
+    size: int
+    what: str
+
+
+@dataclass(frozen=True)
+class Skip:
+    remote: str
+    size: int
+    what: str
+
+
+@dataclass(frozen=True)
+class ProvisionRuntime:
+    wheelhouse: str       # remote folder with the wheels
+    requirements: tuple[str, ...]
+    digest: str           # what is provisioned; a device with the same digest is left alone
+
+
+@dataclass(frozen=True)
+class WriteRunConfig:
+    remote: str
+    config: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class StartAgent:
+    agent: str
+    run_dir: str
+
+
+Action = Upload | Skip | ProvisionRuntime | WriteRunConfig | StartAgent
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    device: str
+    profile: Profile
+    workdir: str
+    run_id: str
+    variants: Sequence[Variant]
+    agent: LocalFile
+    samples: LocalFile | None
+    samples_normalization: Mapping[str, Any] | None
+    wheelhouse: Sequence[LocalFile] = ()
+    runtime_requirements: tuple[str, ...] = ()
+    emulated_inventory: bool = False   # the fleet says this host stands in for the board
+
+
+@dataclass(frozen=True)
+class DeployPlan:
+    device: str
+    run_id: str
+    actions: tuple[Action, ...]
+    warnings: tuple[str, ...] = ()
+    cells: int = 0
+    facts: DeviceFacts | None = field(default=None, compare=False)
+
+    @property
+    def bytes_to_send(self) -> int:
+        return sum(a.size for a in self.actions if isinstance(a, Upload))
+
+    @property
+    def uploads(self) -> list[Upload]:
+        return [a for a in self.actions if isinstance(a, Upload)]
+
+
+def remote_paths(workdir: str) -> dict[str, str]:
+    return {"artifacts": f"{workdir}/artifacts", "agent": f"{workdir}/agent", "runs": f"{workdir}/runs",
+            "data": f"{workdir}/data", "wheelhouse": f"{workdir}/wheelhouse", "runtime": f"{workdir}/runtime"}
+
+
+def artifact_remote(workdir: str, variant: Variant) -> str:
+    return f"{remote_paths(workdir)['artifacts']}/{variant.artifact_key}/{variant.file.path.name}"
+
+
+def expected_files(request: DeployRequest) -> dict[str, str]:
+    """Remote path -> sha256 of everything the deploy ships; the facts probe reports which exist."""
+    paths = remote_paths(request.workdir)
+    files = {artifact_remote(request.workdir, v): v.file.sha256 for v in request.variants if v.valid}
+    files[f"{paths['agent']}/{request.agent.sha256[:16]}-{request.agent.path.name}"] = request.agent.sha256
+    if request.samples is not None:
+        files[f"{paths['data']}/{request.samples.sha256[:16]}.npy"] = request.samples.sha256
+    for wheel in request.wheelhouse:
+        files[f"{paths['wheelhouse']}/{wheel.path.name}"] = wheel.sha256
+    return files
+
+
+def check_device(request: DeployRequest, facts: DeviceFacts) -> list[str]:
+    """Errors for a device that cannot take this deploy; warnings for what is merely recorded."""
+    warnings = []
+    want = request.profile.device.arch
+    emulated = facts.emulated or request.emulated_inventory
+    if facts.arch != want:
+        if not emulated:
+            raise DeployError(f"{request.device}: the device reports arch {facts.arch!r} but profile "
+                              f"{request.profile.name!r} says {want!r}; deploying would ship the wrong binaries. "
+                              "Fix device.arch in the profile or point the target at the right host.")
+        warnings.append(f"{request.device} is emulated: it stands in for a {want} board on a {facts.arch} host; "
+                        "its latencies are this host's, labelled emulated")
+    major_minor = tuple(int(x) for x in facts.python.split("."))
+    if major_minor < (3, 6):
+        raise DeployError(f"{request.device}: Python {facts.python} is too old; the agent needs >= 3.6")
+    return warnings
+
+
+def build_cells(request: DeployRequest, samples_remote: str | None) -> list[dict[str, Any]]:
+    cells = []
+    bench = request.profile.bench
+    for variant in request.variants:
+        if not variant.valid:
+            continue
+        for delegate_name in bench.delegates:
+            spec = DELEGATES[delegate_name]
+            needed = ACCELERATOR_ONLY.get(variant.name)
+            if variant.runtime not in spec.runtimes:
+                continue
+            if spec.only_variants is not None and variant.name not in spec.only_variants:
+                continue
+            if needed is not None and delegate_name != needed:
+                continue
+            for threads in bench.threads:
+                cells.append({
+                    "cell": f"{variant.name}/{delegate_name}/t{threads}",
+                    "variant": variant.name,
+                    "artifact": artifact_remote(request.workdir, variant),
+                    "artifact_sha256": variant.file.sha256,
+                    "runtime": variant.runtime,
+                    "threads": threads,
+                    "delegate": dict(spec.payload) if spec.payload else None,
+                    "delegate_name": delegate_name,
+                    "input": {"samples": samples_remote, "normalization": request.samples_normalization},
+                })
+    return cells
+
+
+def plan_deploy(request: DeployRequest, facts: DeviceFacts) -> DeployPlan:
+    warnings = check_device(request, facts)
+    invalid = [v.name for v in request.variants if not v.valid]
+    if invalid:
+        warnings.append(f"not shipped (failed the fidelity gate): {', '.join(invalid)}")
+    paths = remote_paths(request.workdir)
+    actions: list[Action] = []
+    wanted = expected_files(request)
+    labels = {artifact_remote(request.workdir, v): f"artifact {v.name}" for v in request.variants if v.valid}
+    local_by_remote: dict[str, LocalFile] = {artifact_remote(request.workdir, v): v.file
+                                             for v in request.variants if v.valid}
+    agent_remote = f"{paths['agent']}/{request.agent.sha256[:16]}-{request.agent.path.name}"
+    local_by_remote[agent_remote] = request.agent
+    labels[agent_remote] = "agent"
+    samples_remote = None
+    if request.samples is not None:
+        samples_remote = f"{paths['data']}/{request.samples.sha256[:16]}.npy"
+        local_by_remote[samples_remote] = request.samples
+        labels[samples_remote] = "input samples"
+    for wheel in request.wheelhouse:
+        remote = f"{paths['wheelhouse']}/{wheel.path.name}"
+        local_by_remote[remote] = wheel
+        labels[remote] = f"wheel {wheel.path.name}"
+    for remote, sha in wanted.items():
+        local = local_by_remote[remote]
+        if facts.present.get(remote):
+            actions.append(Skip(remote, local.size, labels[remote]))
+        else:
+            actions.append(Upload(local.path, remote, sha, local.size, labels[remote]))
+
+    need = sum(a.size for a in actions if isinstance(a, Upload))
+    if need and need + DISK_MARGIN_BYTES > facts.free_bytes:
+        raise DeployError(f"{request.device}: not enough disk space in {facts.free_path}: this deploy needs "
+                          f"{need:,} bytes (+{DISK_MARGIN_BYTES:,} margin) but only {facts.free_bytes:,} are free. "
+                          "Free space on the device or choose fewer variants; nothing was sent.")
+
+    if request.wheelhouse:
+        digest = hashlib.sha256("".join(sorted(w.sha256 for w in request.wheelhouse)).encode()).hexdigest()
+        if not facts.runtime or facts.runtime.get("digest") != digest:
+            actions.append(ProvisionRuntime(paths["wheelhouse"], request.runtime_requirements, digest))
+
+    cells = build_cells(request, samples_remote)
+    if not cells:
+        raise DeployError(f"{request.device}: nothing to benchmark: no valid variant fits the profile's "
+                          f"delegates {list(request.profile.bench.delegates)}")
+    run_dir = f"{paths['runs']}/{request.run_id}"
+    bench = request.profile.bench
+    config = {
+        "schema": 1, "run_id": request.run_id, "device": request.device, "target": request.profile.name,
+        "emulated": facts.emulated or request.emulated_inventory,
+        "bench": {"warmup_runs": bench.warmup_runs, "min_runs": bench.min_runs,
+                  "min_duration_s": bench.min_duration_s, "max_runs": bench.max_runs,
+                  "cooldown_s": bench.cooldown_s, "cv_threshold": bench.cv_threshold},
+        "cells": cells,
+    }
+    actions.append(WriteRunConfig(f"{run_dir}/run.json", config))
+    actions.append(StartAgent(agent_remote, run_dir))
+    return DeployPlan(request.device, request.run_id, tuple(actions), tuple(warnings), len(cells), facts)

@@ -1,0 +1,116 @@
+"""PNG plots of a report's rows, drawn with matplotlib's Agg canvas (no display, no pyplot state)."""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edgefleet.report.tables import EMULATED_NOTE, ReportRow, ReportTable
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _series_label(row: ReportRow, several_runs: bool) -> str:
+    label = f"threads={row.threads}"
+    if row.delegate:
+        label += f" +{row.delegate}"
+    if several_runs:
+        label = f"{row.run_id}: {label}"
+    return label
+
+
+def latency_plot(rows: Sequence[ReportRow], device: str, path: Path) -> Path:
+    """Grouped bars: one group per variant, one bar per thread count (and delegate); p50 with a whisker to p90."""
+    measured = [r for r in rows if r.status == "ok" and r.p50_ms is not None]
+    several_runs = len({r.run_id for r in measured}) > 1
+    variants = sorted({r.variant for r in measured})
+    series = sorted({_series_label(r, several_runs) for r in measured})
+    by_key = {(r.variant, _series_label(r, several_runs)): r for r in measured}
+    figure = _figure(max(6.0, 1.4 * len(variants) * max(1, len(series)) ** 0.5 + 2), 4.5)
+    axes = figure.add_subplot(1, 1, 1)
+    width = 0.8 / max(1, len(series))
+    for index, label in enumerate(series):
+        xs, p50, upper = [], [], []
+        for position, variant in enumerate(variants):
+            row = by_key.get((variant, label))
+            if row is None:
+                continue
+            xs.append(position - 0.4 + width * (index + 0.5))
+            p50.append(row.p50_ms)
+            upper.append(max(0.0, (row.p90_ms or row.p50_ms) - row.p50_ms))
+        axes.bar(xs, p50, width=width * 0.95, label=label,
+                 yerr=[[0.0] * len(xs), upper], capsize=3)
+    axes.set_xticks(range(len(variants)))
+    axes.set_xticklabels(variants, rotation=20, ha="right")
+    axes.set_ylabel("latency, ms (bar p50, whisker p90)")
+    title = f"{device}: latency by variant and threads"
+    if any(r.emulated for r in rows):
+        title += f"\nemulated: true — {EMULATED_NOTE}"
+    axes.set_title(title, fontsize=10)
+    if series:
+        axes.legend(fontsize=8)
+    else:
+        axes.text(0.5, 0.5, "no cell measured", ha="center", va="center", transform=axes.transAxes)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    return path
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats: lower latency (x) and higher accuracy (y)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(ox <= x and oy >= y and (ox < x or oy > y) for j, (ox, oy) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i])
+
+
+def pareto_plot(rows: Sequence[ReportRow], metric: str, path: Path) -> Path | None:
+    """Latency vs accuracy with the Pareto front; None (no file) when no cell has both."""
+    points_rows = [r for r in rows if r.status == "ok" and r.p50_ms is not None and r.accuracy is not None]
+    if not points_rows:
+        return None
+    points = [(r.p50_ms, r.accuracy) for r in points_rows]
+    front = pareto_front(points)
+    figure = _figure(7.0, 4.5)
+    axes = figure.add_subplot(1, 1, 1)
+    axes.scatter([p[0] for p in points], [p[1] for p in points], color="tab:gray", label="cells")
+    axes.plot([points[i][0] for i in front], [points[i][1] for i in front], "o-", color="tab:red",
+              label="Pareto front")
+    for r, (x, y) in zip(points_rows, points):
+        axes.annotate(f"{r.device}/{r.variant}/t{r.threads}", (x, y), fontsize=7,
+                      xytext=(4, 4), textcoords="offset points")
+    axes.set_xlabel("p50 latency, ms")
+    axes.set_ylabel(metric)
+    title = f"latency vs {metric}"
+    if any(r.emulated for r in points_rows):
+        title += f"\nemulated: true — {EMULATED_NOTE}"
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    return path
+
+
+def render_plots(table: ReportTable, out_dir: Path) -> tuple[Path, ...]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for device in sorted({r.device for r in table.rows}):
+        rows = [r for r in table.rows if r.device == device]
+        paths.append(latency_plot(rows, device, out_dir / f"latency-{_UNSAFE.sub('_', device)}.png"))
+    if table.accuracy_metric:
+        pareto = pareto_plot(table.rows, table.accuracy_metric, out_dir / "latency-vs-accuracy.png")
+        if pareto is not None:
+            paths.append(pareto)
+    return tuple(paths)

@@ -1,0 +1,300 @@
+"""The report's rows, built once from the database; markdown, HTML, CSV, JSON and
+the terminal table all render these same rows."""
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from edgefleet.errors import ResultsError
+from edgefleet.results.db import AccuracyRecord, CellRecord, ResultsDB, RunRecord
+
+EMULATED_NOTE = "measured on an emulated device: its CPU is the host's"
+# The accuracy gate's verdict is stored as this metric (1 passed, 0 failed) once an evaluator writes it.
+GATE_METRIC = "accuracy_gate"
+
+FLAG_UNSTABLE = "unstable"
+FLAG_INVALID_ARTIFACT = "invalid artifact"
+FLAG_MISSING_RUNTIME = "missing runtime"
+FLAG_ERROR = "error"
+FLAG_GATE_FAILED = "accuracy gate failed"
+FLAG_REGRESSION = "regression"
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    numeric: bool = False
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    device: str
+    state: str
+    emulated: bool
+    target: str | None
+    model: str | None
+    cells_done: int | None
+    cells_total: int | None
+    started: str | None
+    updated: str | None
+    error: str | None
+
+    @classmethod
+    def from_record(cls, run: RunRecord) -> RunSummary:
+        return cls(run.run_id, run.device, run.state, bool(run.emulated), run.target, run.model,
+                   run.cells_done, run.cells_total, run.started, run.updated, run.error)
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    run_id: str
+    device: str
+    emulated: bool
+    cell: str
+    variant: str
+    runtime: str
+    threads: int
+    delegate: str | None
+    status: str
+    reason: str | None
+    run_state: str
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
+    cv: float | None
+    runs: int | None
+    first_inference_ms: float | None
+    load_ms: float | None
+    peak_rss_mb: float | None
+    delegate_nodes: int | None
+    total_nodes: int | None
+    delegate_explicit: bool | None = None
+    accuracy: float | None = None
+    accuracy_metric: str | None = None
+    baseline_p50_ms: float | None = None
+    ratio: float | None = None
+    flags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def match_key(self) -> tuple[str, str, int, str | None]:
+        """What a baseline cell must share with this one to be compared."""
+        return (self.device, self.variant, self.threads, self.delegate)
+
+    @property
+    def regression(self) -> bool:
+        return FLAG_REGRESSION in self.flags
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["flags"] = list(self.flags)
+        return data
+
+
+@dataclass(frozen=True)
+class ReportTable:
+    rows: tuple[ReportRow, ...]
+    runs: tuple[RunSummary, ...]
+    baseline_run: str | None = None
+    regression_threshold: float = 0.10
+    accuracy_metric: str | None = None
+
+    @property
+    def any_emulated(self) -> bool:
+        return any(run.emulated for run in self.runs) or any(row.emulated for row in self.rows)
+
+    @property
+    def regressions(self) -> tuple[ReportRow, ...]:
+        return tuple(row for row in self.rows if row.regression)
+
+    @property
+    def columns(self) -> tuple[Column, ...]:
+        columns = [c for c in BASE_COLUMNS]
+        if self.accuracy_metric:
+            columns.insert(-1, Column("accuracy", self.accuracy_metric, numeric=True))
+        if self.baseline_run:
+            columns[-1:-1] = [Column("baseline_p50_ms", f"p50 ms in {self.baseline_run}", numeric=True),
+                              Column("ratio", "p50 ratio", numeric=True)]
+        return tuple(columns)
+
+    def text(self, row: ReportRow, key: str) -> str:
+        return format_value(key, getattr(row, key) if key != "coverage" else _coverage(row))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"baseline_run": self.baseline_run, "regression_threshold": self.regression_threshold,
+                "accuracy_metric": self.accuracy_metric, "emulated_note": EMULATED_NOTE,
+                "runs": [asdict(run) for run in self.runs], "rows": [row.to_json() for row in self.rows]}
+
+
+BASE_COLUMNS = (
+    Column("run_id", "run"), Column("device", "device"), Column("emulated", "emulated"),
+    Column("variant", "variant"), Column("runtime", "runtime"), Column("threads", "threads", numeric=True),
+    Column("delegate", "delegate"), Column("status", "status"),
+    Column("p50_ms", "p50 ms", numeric=True), Column("p90_ms", "p90 ms", numeric=True),
+    Column("p99_ms", "p99 ms", numeric=True), Column("mean_ms", "mean ms", numeric=True),
+    Column("cv", "cv", numeric=True), Column("runs", "runs", numeric=True),
+    Column("first_inference_ms", "first ms", numeric=True), Column("load_ms", "load ms", numeric=True),
+    Column("peak_rss_mb", "peak RSS MB", numeric=True), Column("coverage", "delegate nodes"),
+    Column("flags", "flags"),
+)
+
+
+def format_number(value: float) -> str:
+    """Four significant digits, never scientific: latencies span microseconds to seconds."""
+    if abs(value) >= 1000:
+        return f"{value:.0f}"
+    text = f"{value:.4g}"
+    if "e" in text:
+        text = f"{value:.6f}".rstrip("0").rstrip(".")
+    return text
+
+
+def format_value(key: str, value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ", ".join(value) if value else ""
+    if key == "ratio":
+        return f"{value:.2f}×"
+    if isinstance(value, float):
+        return format_number(value)
+    return str(value)
+
+
+def _coverage(row: ReportRow) -> str | None:
+    if row.delegate_nodes is None or row.total_nodes is None:
+        return None
+    text = f"{row.delegate_nodes}/{row.total_nodes}"
+    # TFLite partitions the graph for XNNPACK on its own; say so, or it reads as a delegate we asked for.
+    return text + " (runtime default)" if row.delegate_explicit is False and row.delegate_nodes else text
+
+
+def _pick_metric(records: Sequence[AccuracyRecord]) -> str | None:
+    counts = Counter(r.metric for r in records if r.metric != GATE_METRIC)
+    if not counts:
+        return None
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[0][0]
+
+
+def _accuracy_for(cell: CellRecord, records: Sequence[AccuracyRecord], metric: str) -> float | None:
+    """A cell's own figure first, then its variant's on this device, then its variant's anywhere."""
+    candidates = [r for r in records if r.run_id == cell.run_id and r.variant == cell.variant and r.metric == metric]
+    for wanted in ((cell.device, cell.cell), (cell.device, ""), ("", "")):
+        for r in candidates:
+            if (r.device, r.cell) == wanted:
+                return r.value
+    return None
+
+
+def _row(cell: CellRecord, run: RunRecord | None, records: Sequence[AccuracyRecord],
+         metric: str | None) -> ReportRow:
+    flags = []
+    raw = cell.raw_json
+    if cell.unstable:
+        flags.append(FLAG_UNSTABLE)
+    if not cell.artifact_valid or raw.get("artifact_sha256_actual"):
+        flags.append(FLAG_INVALID_ARTIFACT)
+    if cell.status == "missing_runtime":
+        flags.append(FLAG_MISSING_RUNTIME)
+    elif cell.status == "error":
+        flags.append(FLAG_ERROR)
+    gate = _accuracy_for(cell, records, GATE_METRIC)
+    if gate is not None and gate < 1:
+        flags.append(FLAG_GATE_FAILED)
+    return ReportRow(
+        run_id=cell.run_id, device=cell.device, emulated=cell.emulated, cell=cell.cell, variant=cell.variant,
+        runtime=cell.runtime, threads=cell.threads, delegate=cell.delegate, status=cell.status,
+        reason=cell.reason, run_state=run.state if run else "unknown",
+        p50_ms=cell.p50_ms, p90_ms=cell.p90_ms, p99_ms=cell.p99_ms, mean_ms=cell.mean_ms, cv=cell.cv,
+        runs=cell.runs, first_inference_ms=cell.first_inference_ms, load_ms=cell.load_ms,
+        # The high-water mark says nothing about a cell that never loaded its model.
+        peak_rss_mb=cell.peak_rss_kb / 1024.0 if cell.peak_rss_kb is not None and cell.status == "ok" else None,
+        delegate_nodes=cell.delegate_nodes, total_nodes=cell.total_nodes,
+        delegate_explicit=(raw.get("delegate_coverage") or {}).get("explicit_delegate"),
+        accuracy=_accuracy_for(cell, records, metric) if metric else None, accuracy_metric=metric,
+        flags=tuple(flags),
+    )
+
+
+def _compare(rows: list[ReportRow], baseline: list[ReportRow], threshold: float) -> list[ReportRow]:
+    reference = {row.match_key: row for row in baseline if row.status == "ok" and row.p50_ms}
+    compared = []
+    for row in rows:
+        base = reference.get(row.match_key)
+        if base is None or row.p50_ms is None:
+            compared.append(row)
+            continue
+        ratio = row.p50_ms / base.p50_ms
+        flags = row.flags + ((FLAG_REGRESSION,) if ratio > 1.0 + threshold else ())
+        compared.append(replace(row, baseline_p50_ms=base.p50_ms, ratio=ratio, flags=flags))
+    return compared
+
+
+def build_table(db: ResultsDB, run_ids: Sequence[str], *, baseline_run: str | None = None,
+                regression_threshold: float = 0.10, accuracy_metric: str | None = None) -> ReportTable:
+    if not run_ids:
+        raise ResultsError("a report needs at least one run")
+    if regression_threshold < 0:
+        raise ResultsError(f"the regression threshold must be >= 0, got {regression_threshold}")
+    runs = db.runs(run_ids)
+    unknown = sorted(set(run_ids) - {r.run_id for r in runs})
+    if unknown:
+        raise ResultsError(f"no results for run(s) {', '.join(unknown)} in {db.path}")
+    records = db.accuracy(list(run_ids) + ([baseline_run] if baseline_run else []))
+    metric = accuracy_metric or _pick_metric([r for r in records if r.run_id in run_ids])
+    by_run = {(r.run_id, r.device): r for r in runs}
+    rows = [_row(c, by_run.get((c.run_id, c.device)), records, metric) for c in db.cells(run_ids)]
+    if baseline_run:
+        base_runs = {(r.run_id, r.device): r for r in db.runs([baseline_run])}
+        base_cells = db.cells([baseline_run])
+        if not base_cells:
+            raise ResultsError(f"the baseline run {baseline_run!r} has no results in {db.path}")
+        baseline = [_row(c, base_runs.get((c.run_id, c.device)), records, None) for c in base_cells]
+        rows = _compare(rows, baseline, regression_threshold)
+    return ReportTable(rows=tuple(rows), runs=tuple(RunSummary.from_record(r) for r in runs),
+                       baseline_run=baseline_run, regression_threshold=regression_threshold,
+                       accuracy_metric=metric)
+
+
+CSV_FIELDS = tuple(f for f in ReportRow.__dataclass_fields__)
+
+
+def write_csv(table: ReportTable, path: Path) -> Path:
+    with Path(path).open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for row in table.rows:
+            values = asdict(row)
+            values["flags"] = ";".join(row.flags)
+            writer.writerow(values)
+    return Path(path)
+
+
+def write_json(table: ReportTable, path: Path) -> Path:
+    Path(path).write_text(json.dumps(table.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def rich_table(table: ReportTable) -> Any:
+    """A rich.table.Table for the terminal."""
+    from rich.table import Table
+
+    title = "edgefleet benchmark"
+    if table.any_emulated:
+        title += f" (emulated: true — {EMULATED_NOTE})"
+    out = Table(title=title)
+    for column in table.columns:
+        out.add_column(column.header, justify="right" if column.numeric else "left")
+    for row in table.rows:
+        style = "red" if (row.regression or row.status != "ok") else ("yellow" if row.flags else None)
+        out.add_row(*(table.text(row, c.key) for c in table.columns), style=style)
+    return out
