@@ -2,13 +2,20 @@
 from __future__ import annotations
 
 import shlex
+import sys
 from collections.abc import Sequence
 
 from rich.console import Console
 
 
+# Logs (CI, files) are read in wide windows; rich would otherwise fold tables to 80 columns.
+LOG_WIDTH = 160
+
+
 def make_console(*, stderr: bool = False, quiet: bool = False) -> Console:
-    return Console(stderr=stderr, quiet=quiet, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else LOG_WIDTH
+    return Console(stderr=stderr, quiet=quiet, highlight=False, width=width)
 
 
 def echo_command(console: Console, argv: Sequence[str] | str) -> None:

@@ -20,6 +20,8 @@ class RunRecord:
     emulated: bool
     started: str
     connection: dict[str, Any]
+    agent: str              # the agent's path on the device
+    python: str             # the interpreter that runs it there
     eval: bool = False
 
 

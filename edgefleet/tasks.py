@@ -72,8 +72,68 @@ def clean_task(c, all=False):  # noqa: A002  (the flag reads --all)
     clean(CleanOptions(all_state=all))
 
 
+@task(name="deploy", help={
+    "target": "target profile name",
+    "model": "model recipe (default: the workspace's default_model)",
+    "device": "emulated-fleet device to use (default: the target's name)",
+    "dry-run": "gather facts and print the deploy plan; send nothing",
+    "wait": "follow the benchmark run to its end",
+    "eval": "also run the accuracy evaluation on the device",
+    "lock-wait": "seconds to wait for a busy device before failing",
+    "backend": "build backend for anything not yet built",
+})
+@reports_errors
+def deploy_task(c, target, model=None, device=None, dry_run=False, wait=False, eval=False,  # noqa: A002
+                lock_wait=0.0, backend=None):
+    """Ship a target's built variants to its device and start the benchmark run detached."""
+    from edgefleet.api.deploy import DeployOptions, deploy
+    deploy(DeployOptions(target=target, model=model, device=device, dry_run=dry_run, wait=wait, eval=eval,
+                         lock_wait_s=float(lock_wait), backend=backend))
+
+
+@task(name="collect-benchmarks", iterable=["run"], help={
+    "run": "run id to collect (repeatable; default: the newest run on every device)",
+    "baseline": "earlier run id to compare against",
+    "threshold": "regression threshold as a fraction of p50 (default 0.10)",
+})
+@reports_errors
+def collect_task(c, run=None, baseline=None, threshold=0.10):
+    """Pull benchmark logs from every device, ingest them, and write the report."""
+    from edgefleet.api.collect import CollectOptions, collect_benchmarks
+    collect_benchmarks(CollectOptions(runs=tuple(run or ()), baseline=baseline,
+                                      regression_threshold=float(threshold)))
+
+
+@task(name="up", help={"devices": "comma-separated target names (default: rpi3,jetson-nano,coral)",
+                       "isolation": "auto, netns or loopback"})
+@reports_errors
+def fleet_up_task(c, devices=None, isolation="auto"):
+    """Start the emulated fleet: a network namespace with its own sshd per device."""
+    from edgefleet.api.fleet import DEFAULT_DEVICES, FleetUpOptions, up
+    names = tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else DEFAULT_DEVICES
+    up(FleetUpOptions(devices=names, isolation=isolation))
+
+
+@task(name="down")
+@reports_errors
+def fleet_down_task(c):
+    """Stop the emulated fleet and remove its namespaces, sshd processes and state."""
+    from edgefleet.api.fleet import FleetDownOptions, down
+    down(FleetDownOptions())
+
+
+@task(name="demo", help={"keep-fleet": "leave the emulated fleet running afterwards"})
+@reports_errors
+def demo_task(c, keep_fleet=False):
+    """Build the bundled model for every target, deploy it to the emulated fleet, benchmark, report."""
+    from edgefleet.api.demo import DemoOptions, demo
+    demo(DemoOptions(keep_fleet=keep_fleet))
+
+
 def make_collection() -> Collection:
-    return Collection(targets_task, schema_task, build_task, clean_task)
+    fleet = Collection("fleet", fleet_up_task, fleet_down_task)
+    return Collection(targets_task, schema_task, build_task, clean_task, deploy_task, collect_task,
+                      demo_task, fleet)
 
 
 namespace = make_collection()

@@ -89,7 +89,8 @@ def test_wheelhouse_step_only_when_the_runtime_ships_wheels():
                "platform_tags": ["manylinux_2_34_armv7l"]}
     plan = plan_for({"tflite": {"quantizations": ["fp32"]}}, runtime=runtime)
     wheel = plan.step("runtime/wheelhouse")
-    assert wheel.params["platform_tags"] == ["manylinux_2_34_armv7l"]
+    assert wheel.params["platforms"] == ["manylinux_2_34_armv7l"]
+    assert wheel.params["packages"] == [{"requirement": "tflite-runtime==2.14.0"}]
     assert wheel.params["python_version"] == "3.11"
     assert "runtime/wheelhouse" not in [s.id for s in plan_for({"tflite": {"quantizations": ["fp32"]}}).steps]
 

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from edgefleet.console import make_console
 from edgefleet.workspace import Workspace, open_workspace
 
 
 @dataclass(frozen=True)
 class Env:
-    console: Console = field(default_factory=lambda: Console(highlight=False))
+    console: Console = field(default_factory=lambda: make_console())
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     cwd: Path = field(default_factory=Path.cwd)
 

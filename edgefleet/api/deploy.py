@@ -46,6 +46,8 @@ class DeployOptions:
     eval: bool = False
     lock_wait_s: float = 0.0
     backend: str | None = None
+    # Replaces fields of the profile's bench block for this run (the demo's short runs); recorded in run.json.
+    bench_overrides: tuple[tuple[str, float], ...] = ()
     workspace: Path | None = None
 
 
@@ -161,6 +163,9 @@ def deploy(options: DeployOptions, env: Env | None = None) -> DeployOutcome:
     ws = env.workspace(options.workspace)
     loaded = load_profile(ws.targets_dir, options.target)
     profile = loaded.profile
+    if options.bench_overrides:
+        bench = type(profile.bench).model_validate({**profile.bench.model_dump(), **dict(options.bench_overrides)})
+        profile = profile.model_copy(update={"bench": bench})
     if profile.device.python is None:
         raise DeployError(f"target {profile.name!r} has no Python on the device ({profile.runtime.name}); "
                           "the edgefleet agent cannot run there yet: use `invoke build` for its artifacts")
@@ -199,16 +204,17 @@ def deploy(options: DeployOptions, env: Env | None = None) -> DeployOutcome:
         has_venv = bool(facts.runtime)
         applied = apply_plan(deploy_plan, transport, address.workdir, lock_wait_s=options.lock_wait_s,
                              say=say, has_runtime_venv=has_venv)
+        start = next(a for a in deploy_plan.actions if isinstance(a, StartAgent))
+        python = runtime_python(address.workdir, has_venv or applied.provisioned, "python3")
         save_run(ws.state_dir, RunRecord(
             run_id=run_id, target=profile.name, model=recipe.recipe.name, device=address.name,
             workdir=address.workdir, emulated=facts.emulated or address.emulated, started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            connection=address.connection.model_dump(mode="json"), eval=options.eval))
+            connection=address.connection.model_dump(mode="json"), agent=start.agent, python=python,
+            eval=options.eval))
         say(f"run {run_id} started on {address.name}: {applied.sent_bytes:,} bytes sent, "
             f"{len(applied.skipped)} files already there")
         outcome = DeployOutcome(run_id, address.name, deploy_plan, applied)
         if options.wait:
-            start = next(a for a in deploy_plan.actions if isinstance(a, StartAgent))
-            python = runtime_python(address.workdir, has_venv or applied.provisioned, "python3")
             outcome.final_status = follow_run(transport, python, start.agent, start.run_dir, say)
             if outcome.final_status.get("state") != "done":
                 raise DeployError(f"run {run_id} on {address.name} ended {outcome.final_status.get('state')}: "

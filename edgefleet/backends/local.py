@@ -27,6 +27,8 @@ class LocalBackend:
         self.env["PATH"] = bin_dir + os.pathsep + self.env.get("PATH", "")
         self.env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         self.env["PYTHONUNBUFFERED"] = "1"
+        # tf2onnx orders nodes by set iteration: a fixed hash seed makes its output byte-identical.
+        self.env["PYTHONHASHSEED"] = "0"
 
     def command(self, spec_path: Path) -> list[str]:
         return [self.python, "-m", "edgefleet.step", str(spec_path)]

@@ -120,9 +120,9 @@ def plan_runtime(b: PlanBuilder, runtime: pm.Runtime) -> None:
         b.notes.append(f"runtime {runtime.name!r} is provided by the device: {runtime.note or 'no wheels shipped'}")
         return
     b.add("runtime/wheelhouse", "runtime.wheelhouse", {}, {
-        "platform_tags": list(runtime.platform_tags),
+        "platforms": list(runtime.platform_tags),
         "python_version": b.profile.device.python,
-        "packages": list(runtime.packages),
-        "optional_packages": list(runtime.optional_packages),
+        "packages": [{"requirement": r} for r in runtime.packages]
+                    + [{"requirement": r, "optional": True} for r in runtime.optional_packages],
     })
 

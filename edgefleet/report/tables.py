@@ -292,9 +292,15 @@ def rich_table(table: ReportTable) -> Any:
     if table.any_emulated:
         title += f" (emulated: true — {EMULATED_NOTE})"
     out = Table(title=title)
-    for column in table.columns:
+    # A terminal is narrow: the files carry every column, the screen the ones people compare.
+    shown = [c for c in table.columns if c.key in TERMINAL_COLUMNS]
+    for column in shown:
         out.add_column(column.header, justify="right" if column.numeric else "left")
     for row in table.rows:
         style = "red" if (row.regression or row.status != "ok") else ("yellow" if row.flags else None)
-        out.add_row(*(table.text(row, c.key) for c in table.columns), style=style)
+        out.add_row(*(table.text(row, c.key) for c in shown), style=style)
     return out
+
+
+TERMINAL_COLUMNS = frozenset({"device", "variant", "threads", "delegate", "status", "p50_ms", "p90_ms",
+                              "first_inference_ms", "accuracy", "ratio", "flags"})

@@ -1,0 +1,123 @@
+"""`invoke collect-benchmarks`: pull every run's logs, ingest them idempotently, and render the report."""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import TypeAdapter
+
+from edgefleet.api.context import Env
+from edgefleet.errors import EdgefleetError, ResultsError
+from edgefleet.report.render import ReportPaths, render_report
+from edgefleet.report.tables import build_table, rich_table
+from edgefleet.results.db import ResultsDB
+from edgefleet.results.ingest import IngestSummary, ingest_run_dir
+from edgefleet.runs import RunRecord, load_runs
+from edgefleet.transport.connections import Connection
+from edgefleet.transport.registry import open_transport
+from edgefleet.workspace import Workspace
+
+CONNECTION = TypeAdapter(Connection)
+
+
+@dataclass(frozen=True)
+class CollectOptions:
+    runs: tuple[str, ...] = ()          # default: the newest run on every device
+    baseline: str | None = None         # compare against this earlier run
+    regression_threshold: float = 0.10
+    jobs: int = 4
+    workspace: Path | None = None
+
+
+@dataclass
+class CollectOutcome:
+    run_ids: list[str]
+    ingested: dict[str, IngestSummary] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    report: ReportPaths | None = None
+
+
+def results_db_path(ws: Workspace) -> Path:
+    return ws.state_dir / "results.db"
+
+
+def choose_runs(records: list[RunRecord], wanted: tuple[str, ...]) -> list[RunRecord]:
+    if wanted:
+        by_id = {r.run_id: r for r in records}
+        missing = [w for w in wanted if w not in by_id]
+        if missing:
+            raise ResultsError(f"no deploy record for run(s) {', '.join(missing)}; known: "
+                               f"{', '.join(sorted(by_id)) or 'none'}")
+        return [by_id[w] for w in wanted]
+    newest: dict[str, RunRecord] = {}
+    for record in records:  # ids start with a UTC timestamp, so sorted order is time order
+        if record.device not in newest or record.run_id > newest[record.device].run_id:
+            newest[record.device] = record
+    return sorted(newest.values(), key=lambda r: r.run_id)
+
+
+def pull_run(record: RunRecord, into: Path) -> Path:
+    """Fetch run.json, results.jsonl and the agent's own view of the status into ``into``."""
+    run_dir = f"{record.workdir}/runs/{record.run_id}"
+    into.mkdir(parents=True, exist_ok=True)
+    with open_transport(CONNECTION.validate_python(record.connection), name=record.device) as transport:
+        transport.get(f"{run_dir}/run.json", into / "run.json")
+        has_results = transport.run(["test", "-f", f"{run_dir}/results.jsonl"], check=False).ok
+        if has_results:
+            transport.get(f"{run_dir}/results.jsonl", into / "results.jsonl")
+        # The agent's status command turns "running" with a dead pid into "interrupted".
+        status = transport.run([record.python, record.agent, "status", run_dir], timeout=60, check=False)
+        if status.ok:
+            (into / "status.json").write_text(status.stdout)
+    return into
+
+
+def collect_benchmarks(options: CollectOptions, env: Env | None = None) -> CollectOutcome:
+    env = env or Env()
+    ws = env.workspace(options.workspace)
+    records = choose_runs(load_runs(ws.state_dir), options.runs)
+    if not records:
+        raise ResultsError("no runs to collect: deploy first (`invoke deploy --target T`)")
+    outcome = CollectOutcome([r.run_id for r in records])
+    collected = ws.state_dir / "collected"
+
+    def fetch(record: RunRecord) -> tuple[RunRecord, Path | None, str | None]:
+        try:
+            return record, pull_run(record, collected / record.run_id / record.device), None
+        except EdgefleetError as exc:
+            return record, None, str(exc)
+
+    with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
+        fetched = list(pool.map(fetch, records))
+    with ResultsDB(results_db_path(ws)) as db:
+        for record, folder, error in fetched:
+            if error is not None:
+                outcome.errors[record.run_id] = error
+                env.console.print(f"[red]could not collect[/] {record.run_id} from {record.device}: {error}")
+            if folder is None and not db.runs([record.run_id]):
+                continue
+            if folder is not None:
+                summary = ingest_run_dir(db, folder, ws.state_dir / "quarantine")
+                outcome.ingested[record.run_id] = summary
+                db.register_run(record.run_id, record.device, target=record.target, model=record.model,
+                                emulated=record.emulated)
+                note = f", {summary.quarantined} bad lines quarantined in {summary.quarantine_file}" \
+                    if summary.quarantined else ""
+                env.console.print(f"{record.device}: run {record.run_id}: {summary.ingested} new cells, "
+                                  f"{summary.unchanged} unchanged{note}")
+        run_ids = [r.run_id for r in records if db.runs([r.run_id])]
+        if not run_ids:
+            raise ResultsError("nothing was collected; see the errors above")
+        name = run_ids[0] if len(run_ids) == 1 else \
+            "fleet-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        table = build_table(db, run_ids, baseline_run=options.baseline,
+                            regression_threshold=options.regression_threshold)
+        env.console.print(rich_table(table))
+        outcome.report = render_report(db, run_ids, ws.reports_dir / name, baseline_run=options.baseline,
+                                       regression_threshold=options.regression_threshold)
+        (outcome.report.out_dir / "runs.json").write_text(json.dumps(run_ids, indent=2))
+    env.console.print(f"report: {outcome.report.html}")
+    return outcome
