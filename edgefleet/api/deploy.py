@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -83,9 +82,9 @@ def built_variants(plan: Plan, store: ArtifactStore, say) -> list[Variant]:
 def wheelhouse_files(ws: Workspace, profile: Profile, address: DeviceAddress, env: Env,
                      backend_name: str | None) -> tuple[list[LocalFile], tuple[str, ...], str]:
     """The runtime wheels for the device's real CPU, built (or cached) now."""
-    source_profile = profile
-    if address.emulated and profile.device.arch != platform.machine():
-        source_profile = load_profile(ws.targets_dir, HOST_TARGET).profile
+    # An emulated device is this host with nothing installed: it gets this host's runtime wheels,
+    # whatever the board it stands in for would have.
+    source_profile = load_profile(ws.targets_dir, HOST_TARGET).profile if address.emulated else profile
     runtime = source_profile.runtime
     if runtime.provided_by != "wheelhouse" or not runtime.packages:
         return [], (), f"provided by the device: {runtime.note or runtime.name}"
