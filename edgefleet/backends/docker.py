@@ -1,0 +1,309 @@
+"""Run build steps in builder containers, through the docker SDK only.
+
+Per step: make sure the builder image exists (building it if needed), create a container
+that runs ``python -m edgefleet.step /spec/spec.json`` with the inputs bind-mounted
+read-only, stream its log, copy ``/out`` back with ``get_archive`` and remove the container.
+
+The container runs as the invoking user's uid:gid (inputs readable exactly when they are
+readable to whoever runs edgefleet), with no network unless the builder's steps need it;
+networked steps get the host's CA bundle (PIP_CERT/REQUESTS_CA_BUNDLE/SSL_CERT_FILE), so a
+TLS-inspecting proxy works inside as it does outside.
+
+Remote engines (``DOCKER_HOST`` or ``docker_host``, e.g. ``ssh://user@host``) work for the
+image build (the context is uploaded) and for the spec and outputs (put/get_archive), but
+bind-mount sources are paths on the engine's machine: the inputs must exist there at the
+same paths (a shared filesystem), or the step sees empty mounts or fails to start.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from edgefleet.backends.base import LogSink, StepRequest
+from edgefleet.errors import BuildError, ConfigError, ToolUnavailableError
+from edgefleet.images.base_image import LABEL_PREFIX
+from edgefleet.images.build import ImageBuilder
+from edgefleet.step import ERROR_FILE, EXIT_UNAVAILABLE, RESULT_FILE
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
+
+    from edgefleet.workspace import Workspace
+
+SPEC_DIR = PurePosixPath("/spec")
+OUT_DIR = PurePosixPath("/out")
+INPUTS_DIR = PurePosixPath("/inputs")
+LABEL_SESSION = f"{LABEL_PREFIX}.session"
+LABEL_KIND = f"{LABEL_PREFIX}.step-kind"
+KEEP_ENV = "EDGEFLEET_KEEP_CONTAINER"
+# Where the host says its trusted CAs are (a TLS-inspecting proxy's CA lives there); networked
+# steps get the same bundle, or pip in the container rejects the proxy's certificates.
+CA_BUNDLE_ENV = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
+CONTAINER_CA_BUNDLE = SPEC_DIR / "ca-bundle.pem"
+_INPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class StepContainer:
+    """A step's container, removed on exit however the step ended (unless ``keep``)."""
+
+    def __init__(self, client: docker.DockerClient, *, keep: bool, log: LogSink, **create_args: Any) -> None:
+        self._client = client
+        self._keep = keep
+        self._log = log
+        self._create_args = create_args
+        self.container: Container | None = None
+
+    def __enter__(self) -> Container:
+        self.container = self._client.containers.create(**self._create_args)
+        return self.container
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.container is None:
+            return
+        if self._keep:
+            self._log(f"keeping container {self.container.name} ({self.container.short_id}) "
+                      f"because {KEEP_ENV}=1; remove it yourself when done")
+            return
+        import docker.errors
+
+        try:
+            self.container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as err:
+            self._log(f"warning: could not remove container {self.container.short_id}: {err}")
+
+
+class DockerBackend:
+    name = "docker"
+
+    def __init__(self, workspace_root: Path, *, docker_host: str | None = None,
+                 client_factory: Callable[[], docker.DockerClient] | None = None,
+                 env: Mapping[str, str] | None = None, builders_root: Path | None = None,
+                 cache_root: Path | None = None, container_user: str | None = None) -> None:
+        """``client_factory`` wins over ``docker_host``; with neither, DOCKER_HOST or the local socket.
+
+        ``container_user`` ("uid:gid") defaults to the invoking user, so bind-mounted inputs
+        are readable exactly when they are readable to whoever runs edgefleet.
+        """
+        env = os.environ if env is None else env
+        self.workspace_root = workspace_root
+        self.keep_container = env.get(KEEP_ENV) == "1"
+        self.ca_bundle = next((Path(env[k]) for k in CA_BUNDLE_ENV if env.get(k) and Path(env[k]).is_file()), None)
+        self.container_user = container_user or f"{os.getuid()}:{os.getgid()}"
+        if not re.fullmatch(r"\d+:\d+", self.container_user):
+            raise ConfigError(f"container user must be numeric uid:gid, got {self.container_user!r}")
+        # Every container this backend makes carries this label, so leftovers can be found.
+        self.session = uuid.uuid4().hex[:12]
+        self._client_factory = client_factory or _client_factory(docker_host, env)
+        self._builders_root = builders_root
+        self._cache_root = cache_root
+        self._client: docker.DockerClient | None = None
+        self._images: ImageBuilder | None = None
+
+    @classmethod
+    def for_workspace(cls, ws: Workspace, environ: Mapping[str, str]) -> DockerBackend:
+        return cls(ws.root, docker_host=ws.settings.docker_host, env=environ, builders_root=ws.builders_dir,
+                   cache_root=ws.state_dir)
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            import docker.errors
+
+            try:
+                self._client = self._client_factory()
+                self._client.ping()
+            except docker.errors.DockerException as exc:
+                raise BuildError(f"cannot reach the Docker engine: {exc}") from exc
+        return self._client
+
+    @property
+    def images(self) -> ImageBuilder:
+        if self._images is None:
+            self._images = ImageBuilder(self.client, workspace_root=self.workspace_root,
+                                        builders_root=self._builders_root, cache_root=self._cache_root)
+        return self._images
+
+    def run_step(self, request: StepRequest, log: LogSink) -> None:
+        import docker.errors
+
+        try:
+            image = self.images.ensure(request.builder, log)
+        except docker.errors.DockerException as exc:
+            raise BuildError(f"builder image {request.builder!r}: the Docker engine failed: {exc}") from exc
+        runner = image.spec.runner
+        command = [runner.python, "-m", "edgefleet.step", str(SPEC_DIR / "spec.json")]
+        mounts, container_inputs = _input_mounts(request.inputs)
+        spec = {"kind": request.kind, "inputs": container_inputs, "params": dict(request.params),
+                "out_dir": str(OUT_DIR)}
+        uid, gid = (int(part) for part in self.container_user.split(":"))
+        environment = {"HOME": "/tmp", "PYTHONUNBUFFERED": "1"}
+        ca_bundle = self.ca_bundle if image.spec.step_network else None
+        if ca_bundle is not None:
+            environment |= {name: str(CONTAINER_CA_BUNDLE) for name in CA_BUNDLE_ENV}
+        started = time.monotonic()
+        try:
+            with StepContainer(
+                self.client, keep=self.keep_container, log=log,
+                image=image.tag, command=command, user=self.container_user,
+                environment=environment, working_dir="/tmp",
+                mounts=mounts, network_disabled=not image.spec.step_network,
+                labels={LABEL_SESSION: self.session, LABEL_KIND: request.kind},
+            ) as container:
+                container.put_archive("/", _spec_archive(spec, uid=uid, gid=gid, ca_bundle=ca_bundle))
+                code, tail = _run(container, request.timeout_s, log)
+                if code != 0:
+                    message = _step_error(container)
+                    if code == EXIT_UNAVAILABLE:
+                        raise ToolUnavailableError(message or f"step {request.kind} is unavailable in {image.tag}",
+                                                   command=command, returncode=code, log=tail)
+                    reason = f": {message.splitlines()[0]}" if message else ""
+                    raise BuildError(f"step {request.kind} failed in {image.tag}{reason}", command=command,
+                                     returncode=code, log=tail)
+                _copy_out(container, request.out_dir)
+        except docker.errors.DockerException as exc:
+            raise BuildError(f"step {request.kind}: the Docker engine failed: {exc}", command=command) from exc
+        if not (request.out_dir / RESULT_FILE).is_file():
+            raise BuildError(f"step {request.kind} exited 0 but wrote no {RESULT_FILE}", command=command)
+        log(f"step {request.kind} done in {time.monotonic() - started:.1f} s ({image.tag})")
+
+
+def _client_factory(docker_host: str | None, env: Mapping[str, str]) -> Callable[[], docker.DockerClient]:
+    def factory() -> docker.DockerClient:
+        import docker
+
+        if docker_host:
+            return docker.DockerClient(base_url=docker_host)
+        return docker.from_env(environment=dict(env))
+
+    return factory
+
+
+def _input_mounts(inputs: Mapping[str, Path]) -> tuple[list[Any], dict[str, str]]:
+    from docker.types import Mount
+
+    mounts, paths = [], {}
+    for name, host_path in inputs.items():
+        if not _INPUT_NAME.match(name):
+            raise BuildError(f"input name {name!r} cannot be a container path component")
+        source = host_path.resolve()
+        if not source.exists():
+            raise BuildError(f"input {name!r} does not exist: {host_path}")
+        # The step sees the name it was given (a symlinked artifact keeps its suffix), the engine mounts the target.
+        target = INPUTS_DIR / name / host_path.name
+        mounts.append(Mount(target=str(target), source=str(source), type="bind", read_only=True))
+        paths[name] = str(target)
+    return mounts, paths
+
+
+def _spec_archive(spec: Mapping[str, Any], *, uid: int, gid: int, ca_bundle: Path | None = None) -> bytes:
+    """/spec/spec.json (and the CA bundle, if any) plus an empty /out, owned by the user the step runs as."""
+    now = int(time.time())
+    files = {f"{SPEC_DIR.name}/spec.json": json.dumps(spec, indent=2, sort_keys=True).encode()}
+    if ca_bundle is not None:
+        files[f"{SPEC_DIR.name}/{CONTAINER_CA_BUNDLE.name}"] = ca_bundle.read_bytes()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for directory in (SPEC_DIR, OUT_DIR):
+            info = tarfile.TarInfo(directory.name)
+            info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o755, uid, gid, now
+            tar.addfile(info)
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.gid, info.mtime = len(data), 0o644, uid, gid, now
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _run(container: Container, timeout_s: float, log: LogSink) -> tuple[int, list[str]]:
+    """Start the container, stream its log line by line; return (exit code, last lines)."""
+    tail: deque[str] = deque(maxlen=BuildError.tail_lines)
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        try:
+            container.kill()
+        except Exception:  # noqa: BLE001 - it may have exited meanwhile; the wait below reports
+            pass
+
+    watchdog = threading.Timer(timeout_s, kill)
+    container.start()
+    watchdog.start()
+    try:
+        pending = b""
+        for chunk in container.logs(stream=True, follow=True):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                line = raw.decode("utf-8", "replace").rstrip("\r")
+                tail.append(line)
+                log(line)
+        if pending:
+            line = pending.decode("utf-8", "replace")
+            tail.append(line)
+            log(line)
+        code = int(container.wait()["StatusCode"])
+    finally:
+        watchdog.cancel()
+    if timed_out.is_set():
+        raise BuildError(f"step timed out after {timeout_s:.0f} s", returncode=code, log=list(tail))
+    return code, list(tail)
+
+
+def _step_error(container: Container) -> str | None:
+    """The message the step runner left in /out when the step failed, if any."""
+    import docker.errors
+
+    try:
+        stream, _ = container.get_archive(str(OUT_DIR / ERROR_FILE))
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream)), mode="r:") as tar:
+            member = tar.extractfile(ERROR_FILE)
+            return str(json.loads(member.read())["message"]) if member else None
+    except (docker.errors.NotFound, KeyError, ValueError, tarfile.TarError):
+        return None
+
+
+def _copy_out(container: Container, out_dir: Path) -> None:
+    """Copy /out into ``out_dir``; the files belong to the invoking user, whatever the container used."""
+    data_filter = getattr(tarfile, "data_filter", None)
+    if data_filter is None:
+        raise BuildError("copying step outputs safely needs Python >= 3.10.12 (tarfile extraction filters)")
+    uid, gid = os.getuid(), os.getgid()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stream, _ = container.get_archive(str(OUT_DIR))
+    prefix = OUT_DIR.name + "/"
+
+    def relocate(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+        if not member.name.startswith(prefix):
+            return None                       # the /out directory entry itself
+        changes: dict[str, Any] = {"name": member.name[len(prefix):], "uid": uid, "gid": gid,
+                                   "uname": "", "gname": ""}
+        if member.islnk() and member.linkname.startswith(prefix):
+            changes["linkname"] = member.linkname[len(prefix):]
+        return data_filter(member.replace(**changes, deep=False), dest)
+
+    with tempfile.TemporaryFile() as buf:
+        for chunk in stream:
+            buf.write(chunk)
+        buf.seek(0)
+        try:
+            with tarfile.open(fileobj=buf, mode="r:") as tar:
+                tar.extractall(out_dir, filter=relocate, numeric_owner=True)
+        except tarfile.FilterError as exc:
+            raise BuildError(f"the step wrote an output that points outside its output directory: {exc}") from None
