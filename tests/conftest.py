@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Fixture modules shared by several test files; their asserts get pytest's rewriting too.
+for _module in ("fleet_fixtures", "agent_fixtures", "convert_fixtures", "docker_fixtures"):
+    pytest.register_assert_rewrite(_module)
 REAL_COMPONENT_MARKERS = ("docker", "ssh", "convert")
 
 
@@ -38,5 +41,6 @@ def workspace_copy(tmp_path: Path) -> Path:
             shutil.copytree(REPO / name, root / name)
     if (REPO / "models").exists():
         shutil.copytree(REPO / "models", root / "models")
-    shutil.copy(REPO / "edgefleet.yaml", root / "edgefleet.yaml")
+    for name in ("edgefleet.yaml", "tasks.py"):
+        shutil.copy(REPO / name, root / name)
     return root

@@ -41,7 +41,7 @@ def test_rpi3_builds_every_variant_then_everything_is_cached(workspace_copy):
         assert m["files"][0]["name"] == f"model_{quant}.tflite"
     sizes = {q: built[f"tflite/{q}"]["files"][0]["size"] for q in ("fp32", "fp16", "int8")}
     assert sizes["fp16"] < 0.6 * sizes["fp32"] and sizes["int8"] < 0.35 * sizes["fp32"]
-    wheels = [f["name"] for f in built["runtime/wheelhouse"]["files"] if f["name"].endswith(".whl")]
+    wheels = [Path(f["name"]).name for f in built["runtime/wheelhouse"]["files"] if f["name"].endswith(".whl")]
     assert any(w.startswith("tflite_runtime-2.14.0") and "armv7l" in w for w in wheels)
 
     # A no-op rebuild: every step cached, and no converter imported on that path.
