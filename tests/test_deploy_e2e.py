@@ -5,6 +5,7 @@ names its holder; collecting twice leaves the results DB byte-identical; the rep
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -94,6 +95,14 @@ def test_deploy_bench_collect_on_two_devices_at_once(ws):
     assert {r[1] for r in rows} == {"tflite-fp32", "tflite-full-int8"}
     assert states == {"dev-a": "done", "dev-b": "done"}
     assert emulated == {1}
+
+    # Both devices are this host: their timed sections took turns on the shared lock, never overlapping.
+    with sqlite3.connect(db_path) as db:
+        spans = sorted((json.loads(raw)["timed_start"], json.loads(raw)["timed_end"], device)
+                       for device, raw in db.execute("SELECT device, raw FROM cells"))
+    assert {d for _, _, d in spans} == {"dev-a", "dev-b"}
+    for (_, end, _), (start, _, _) in zip(spans, spans[1:]):
+        assert end <= start, spans
 
     report = collected.report
     assert report is not None

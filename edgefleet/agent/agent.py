@@ -210,6 +210,8 @@ def validate_run(run):
                  "must be a{} >= {} (got {!r})".format("n integer" if kind is int else " number", minimum, value))
     _require(bench["max_runs"] >= bench["min_runs"], "bench.max_runs", "must be >= min_runs")
     _require(bench["cv_threshold"] > 0, "bench.cv_threshold", "must be > 0")
+    _require(bench.get("exclusive_lock") is None or isinstance(bench.get("exclusive_lock"), str),
+             "bench.exclusive_lock", "must be null or a path")
     cells = run.get("cells")
     _require(isinstance(cells, list), "cells", "must be a list")
     seen = set()  # type: Set[str]
@@ -298,6 +300,35 @@ def read_results(path):
         except (ValueError, KeyError, TypeError):
             continue  # the host quarantines it at ingest; here it only means "not ok"
     return statuses, dropped
+
+
+class ExclusiveBench(object):
+    """A blocking flock shared by every device on one physical host.
+
+    Emulated devices share this host's cores: a timed run while another device is timing would
+    measure both. Deploy names the same lock file for all of them, so their timed sections queue.
+    """
+
+    def __init__(self, path):
+        # type: (Optional[str]) -> None
+        self.path = path
+        self.fd = None  # type: Optional[int]
+        self.waited_ms = 0.0
+
+    def __enter__(self):
+        # type: () -> ExclusiveBench
+        if self.path:
+            start = time.perf_counter()
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            self.waited_ms = (time.perf_counter() - start) * 1000.0
+        return self
+
+    def __exit__(self, *exc):
+        # type: (Any) -> None
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
 
 
 class RunLock(object):
@@ -626,11 +657,15 @@ def bench_cell(run, cell, workdir, env):
                 record["artifact_sha256_actual"] = actual
                 raise CellError("artifact {} has sha256 {}, run.json expects {}".format(
                     path, actual, cell["artifact_sha256"]))
-        start = time.perf_counter()
-        session = runtime.load(path, cell["threads"], cell.get("delegate"), cell.get("params") or {})
-        record["load_ms"] = (time.perf_counter() - start) * 1000.0
-        feeds, record["inputs"] = make_feeds(session.input_details(), cell.get("input"), workdir)
-        measured = measure(session, feeds, run["bench"])
+        with ExclusiveBench(run["bench"].get("exclusive_lock")) as exclusive:
+            record["timed_start"] = now_iso()
+            start = time.perf_counter()
+            session = runtime.load(path, cell["threads"], cell.get("delegate"), cell.get("params") or {})
+            record["load_ms"] = (time.perf_counter() - start) * 1000.0
+            feeds, record["inputs"] = make_feeds(session.input_details(), cell.get("input"), workdir)
+            measured = measure(session, feeds, run["bench"])
+            record["timed_end"] = now_iso()
+        record["exclusive_wait_ms"] = exclusive.waited_ms if exclusive.path else None
         record["outputs"] = measured.pop("outputs_seen")
         record.update(measured)
         record["delegate_coverage"] = session.delegate_coverage()

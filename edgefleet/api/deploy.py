@@ -188,6 +188,7 @@ def deploy(options: DeployOptions, env: Env | None = None) -> DeployOutcome:
         samples=local_file(samples_path) if samples_path.suffix == ".npy" else None,
         samples_normalization=recipe.recipe.input.normalization.model_dump(mode="json"),
         wheelhouse=wheels, runtime_requirements=requirements, emulated_inventory=address.emulated,
+        exclusive_lock=address.shared_host_lock,
     )
     say(f"runtime: {runtime_note}")
     with open_transport(address.connection, name=address.name) as transport:

@@ -16,6 +16,8 @@ class DeviceAddress:
     connection: Connection
     workdir: str
     emulated: bool
+    # Devices that share one physical host name the same lock, so their timed runs never overlap.
+    shared_host_lock: str | None = None
 
 
 def fleet_dir(state_dir: Path) -> Path:
@@ -30,7 +32,9 @@ def resolve_device(profile: Profile, state_dir: Path, device: str | None = None)
         inventory = load_inventory(inventory_file)
         if name in inventory.devices:
             entry = inventory.devices[name]
-            return DeviceAddress(name, entry.connection, entry.workdir, entry.emulated)
+            # Every emulated device is this host: one lock file, visible to all of them, serializes timing.
+            return DeviceAddress(name, entry.connection, entry.workdir, entry.emulated,
+                                 str(fleet_dir(state_dir).resolve() / "bench.lock"))
     if device is not None and device != profile.name:
         raise ConfigError(f"device {device!r} is not in the emulated fleet's inventory; "
                           f"start it with `invoke fleet.up --devices {device}`")

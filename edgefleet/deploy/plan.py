@@ -112,6 +112,7 @@ class DeployRequest:
     wheelhouse: Sequence[LocalFile] = ()
     runtime_requirements: tuple[str, ...] = ()
     emulated_inventory: bool = False   # the fleet says this host stands in for the board
+    exclusive_lock: str | None = None  # host-wide lock path around timed runs (devices sharing hardware)
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,8 @@ def plan_deploy(request: DeployRequest, facts: DeviceFacts) -> DeployPlan:
         "emulated": facts.emulated or request.emulated_inventory,
         "bench": {"warmup_runs": bench.warmup_runs, "min_runs": bench.min_runs,
                   "min_duration_s": bench.min_duration_s, "max_runs": bench.max_runs,
-                  "cooldown_s": bench.cooldown_s, "cv_threshold": bench.cv_threshold},
+                  "cooldown_s": bench.cooldown_s, "cv_threshold": bench.cv_threshold,
+                  "exclusive_lock": request.exclusive_lock},
         "cells": cells,
     }
     actions.append(WriteRunConfig(f"{run_dir}/run.json", config))
