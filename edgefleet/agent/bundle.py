@@ -1,13 +1,12 @@
 """Host side: pack the agent into one file, ``edgefleet-agent.pyz``, to copy to a device.
 
-The archive holds agent.py, runtimes.py and postprocess.py (when present) as
+The archive holds agent.py, runtimes.py, postprocess.py and evaluate.py (when present) as
 top-level modules plus a ``__main__``; it needs only Python 3.6+ and numpy on the
 device. Its bytes depend only on those sources, so the deploy step can tell from
 the sha256 whether a device already has this agent.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -16,12 +15,13 @@ import zipapp
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.digest import sha256_file
 from edgefleet.errors import DeployError
 
 BUNDLE_NAME = "edgefleet-agent.pyz"
 AGENT_DIR = Path(__file__).resolve().parent
 REQUIRED_MODULES = ("agent.py", "runtimes.py")
-OPTIONAL_MODULES = ("postprocess.py",)
+OPTIONAL_MODULES = ("postprocess.py", "evaluate.py")
 DEFAULT_INTERPRETER = "/usr/bin/env python3"
 # zip cannot store dates before 1980; a fixed date keeps the archive reproducible.
 _FIXED_MTIME = 315532800 + 86400
@@ -39,14 +39,6 @@ class AgentBundle:
     path: Path
     sha256: str
     modules: tuple[str, ...]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def bundle_modules(source_dir: Path = AGENT_DIR) -> tuple[str, ...]:
@@ -76,7 +68,7 @@ def build_agent_bundle(target: Path, *, interpreter: str | None = DEFAULT_INTERP
         partial = target.with_name(f".{target.name}.tmp")
         zipapp.create_archive(staging, partial, interpreter=interpreter)
         os.replace(partial, target)
-    return AgentBundle(path=target, sha256=_sha256(target), modules=modules)
+    return AgentBundle(path=target, sha256=sha256_file(target), modules=modules)
 
 
 def main(argv: list[str] | None = None) -> int:

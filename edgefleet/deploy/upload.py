@@ -6,7 +6,6 @@ the old file or the complete new one, never a partial.
 """
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import secrets
 import time
@@ -16,9 +15,9 @@ from pathlib import Path
 
 from edgefleet.deploy.remote_fs import remote_free_bytes, remote_fsync, remote_sha256
 from edgefleet.errors import DeployError, TransportError
+from edgefleet.digest import sha256_file
 from edgefleet.transport.base import Progress, Transport, TransportUnavailable
 
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -43,12 +42,8 @@ def _temp_pattern(remote: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in f".{name}.part-") + "*"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+# Kept under this name for callers of the deploy package.
+file_sha256 = sha256_file
 
 
 def upload_verified(transport: Transport, local: Path, remote: str, *, sha256: str, retries: int = 4,

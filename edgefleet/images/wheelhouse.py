@@ -23,22 +23,14 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import parse_wheel_filename
 
+from edgefleet.digest import sha256_file
 from edgefleet.errors import BuildError
 
 Log = Callable[[str], None]
 MANIFEST = "wheelhouse.json"
-_CHUNK = 1 << 20
 # Files that decide what the edgefleet wheel contains.
 _PROJECT_FILES = ("pyproject.toml", "README.md", "setup.cfg", "setup.py", "MANIFEST.in", "LICENSE")
 _PACKAGE = "edgefleet"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def manylinux_platforms(arch: str, glibc: str) -> list[str]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.config.yamlsrc import display_path
+from edgefleet.digest import sha256_file, sha256_tree
 from edgefleet.errors import SourceError
 from edgefleet.recipes.load import LoadedRecipe
 
@@ -30,25 +31,6 @@ class ResolvedSource:
     path: Path
     sha256: str
     format: str
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_tree(path: Path) -> str:
-    """Digest of a file, or of a directory's relative names and contents in sorted order."""
-    if path.is_file():
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    for item in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(item.relative_to(path).as_posix().encode() + b"\0")
-        digest.update(sha256_file(item).encode())
-    return digest.hexdigest()
 
 
 def urllib_fetch(url: str, dest: Path) -> None:
