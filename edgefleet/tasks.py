@@ -122,6 +122,15 @@ def fleet_down_task(c):
     down(FleetDownOptions())
 
 
+@task(name="study", help={"model": "model recipe (default: the workspace's default_model)",
+                          "target": "the device to study on (default: local, this host)"})
+@reports_errors
+def study_task(c, model=None, target="local"):
+    """Build, benchmark and evaluate every format on one device: the "fastest runtime on my CPU" study."""
+    from edgefleet.api.study import StudyOptions, study
+    study(StudyOptions(model=model, target=target))
+
+
 @task(name="demo", help={"keep-fleet": "leave the emulated fleet running afterwards"})
 @reports_errors
 def demo_task(c, keep_fleet=False):
@@ -133,7 +142,7 @@ def demo_task(c, keep_fleet=False):
 def make_collection() -> Collection:
     fleet = Collection("fleet", fleet_up_task, fleet_down_task)
     return Collection(targets_task, schema_task, build_task, clean_task, deploy_task, collect_task,
-                      demo_task, fleet)
+                      demo_task, study_task, fleet)
 
 
 namespace = make_collection()

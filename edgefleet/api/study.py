@@ -1,0 +1,50 @@
+"""`invoke study`: build every format for this host, benchmark and evaluate each on it, compare.
+
+The classic "which framework is fastest on my CPU" study, from one command: TFLite (fp32, fp16,
+dynamic, int8, full-int8), ONNX Runtime, OpenVINO and (where TensorFlow is present) the SavedModel,
+each with its latency at every thread count and its accuracy from the agent's eval mode.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgefleet.api.build import BuildOptions, build
+from edgefleet.api.collect import CollectOptions, collect_benchmarks, results_db_path
+from edgefleet.api.context import Env
+from edgefleet.api.deploy import DeployOptions, deploy
+from edgefleet.errors import ResultsError
+from edgefleet.report.study import StudyPaths, render_study
+from edgefleet.report.tables import build_table
+from edgefleet.results.db import ResultsDB
+
+STUDY_TARGET = "local"
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    model: str | None = None
+    target: str = STUDY_TARGET
+    metric: str = "map_50"            # the accuracy metric the plots and table show
+    bench_overrides: tuple[tuple[str, float], ...] = ()
+    workspace: Path | None = None
+
+
+def study(options: StudyOptions, env: Env | None = None) -> StudyPaths:
+    env = env or Env()
+    ws = env.workspace(options.workspace)
+    env.console.rule(f"study: build every format for {options.target}")
+    build(BuildOptions(target=options.target, model=options.model, workspace=ws.root), env)
+    env.console.rule("study: benchmark and evaluate on the device")
+    outcome = deploy(DeployOptions(target=options.target, model=options.model, wait=True, eval=True,
+                                   bench_overrides=options.bench_overrides, workspace=ws.root), env)
+    collected = collect_benchmarks(CollectOptions(runs=(outcome.run_id,), workspace=ws.root), env)
+    if collected.report is None:
+        raise ResultsError(f"run {outcome.run_id} produced no report")
+    with ResultsDB(results_db_path(ws)) as db:
+        table = build_table(db, [outcome.run_id], accuracy_metric=options.metric)
+    paths = render_study(table, collected.report.out_dir, options.metric)
+    env.console.print(paths.table.read_text(), markup=False)
+    env.console.print(f"study: {paths.table}, {paths.latency_plot.name}, {paths.accuracy_plot.name}, "
+                      f"{paths.pareto_plot.name if paths.pareto_plot else 'no time-vs-accuracy plot (no accuracy)'}")
+    return paths
