@@ -17,9 +17,9 @@ from edgefleet.agent.bundle import build_agent_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT_DIR = REPO / "edgefleet" / "agent"
-DEVICE_FILES = ["__init__.py", "agent.py", "runtimes.py", "postprocess.py"]
+DEVICE_FILES = ["__init__.py", "agent.py", "runtimes.py", "postprocess.py", "evaluate.py"]
 # What the device side may import at module level besides the stdlib.
-ALLOWED_THIRD_PARTY = {"numpy", "runtimes", "postprocess"}
+ALLOWED_THIRD_PARTY = {"numpy", "runtimes", "postprocess", "evaluate"}
 # The runtimes, imported inside runtimes.py's functions only.
 RUNTIME_MODULES = {"ai_edge_litert", "tflite_runtime", "tensorflow", "onnxruntime", "openvino", "pkg_resources"}
 
@@ -86,8 +86,8 @@ def test_bundle_holds_the_device_modules_and_is_reproducible(tmp_path: Path) -> 
     assert first.sha256 == second.sha256
     assert first.path.read_bytes().startswith(b"#!/usr/bin/env python3\n")
     names = set(zipfile.ZipFile(first.path).namelist())
-    expected = {"__main__.py", "agent.py", "runtimes.py"} | (
-        {"postprocess.py"} if (AGENT_DIR / "postprocess.py").exists() else set())
+    expected = {"__main__.py", "agent.py", "runtimes.py"} | {
+        name for name in ("postprocess.py", "evaluate.py") if (AGENT_DIR / name).exists()}
     assert names == expected
     proc = subprocess.run([sys.executable, str(first.path), "version"], capture_output=True, text=True,
                           timeout=60, cwd=tmp_path)

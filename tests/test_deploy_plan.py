@@ -1,15 +1,17 @@
 """Deploy planning is pure: (profile, variants, facts) -> actions, pinned as tables."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from edgefleet.deploy.evalspec import EvalRequest, gate_config
 from edgefleet.deploy.facts import DeviceFacts
 from edgefleet.deploy.plan import (DISK_MARGIN_BYTES, DeployRequest, LocalFile, ProvisionRuntime, Skip,
                                    StartAgent, Upload, Variant, WriteRunConfig, expected_files, plan_deploy)
 from edgefleet.errors import DeployError
-from edgefleet.profiles.model import Profile
+from edgefleet.profiles.model import AccuracyGate, Profile
 
 WD = "/opt/ef"
 
@@ -117,3 +119,67 @@ def test_runtime_provisioned_once_per_wheelhouse_digest():
 def test_nothing_to_benchmark_is_an_error():
     with pytest.raises(DeployError, match="nothing to benchmark"):
         plan_deploy(request(profile(delegates=("edgetpu",)), variants=VARIANTS[:2]), facts())
+
+
+# ---------------------------------------------------------------- deploy --eval
+
+EVAL = EvalRequest(images_path=Path("eval.npy"), images_sha256="e" * 64, images_size=500, image_ids=(7, 9),
+                   image_sizes=((96, 96), (120, 80)), postprocess={"kind": "ssd_anchors", "params": {"x": 1}},
+                   resize="stretch", layout="NHWC", normalization={"mean": [0.0], "std": [255.0]},
+                   ground_truth={"kind": "coco", "sha256": "g" * 64}, input_size=(96, 96),
+                   source_metrics={"map_50_95": 0.76})
+GATE = gate_config(AccuracyGate(max_map_drop=2.0), "coco", {"map_50_95": 0.76})
+
+
+def eval_request(prof: Profile, **kw) -> DeployRequest:
+    return replace(request(prof, **kw), eval=EVAL, accuracy_gate=GATE)
+
+
+def config_of(plan) -> dict:
+    return next(a for a in plan.actions if isinstance(a, WriteRunConfig)).config
+
+
+@pytest.mark.parametrize("delegates, evaluated", [
+    (("cpu",), ["tflite-fp32/cpu/t1", "tflite-full-int8/cpu/t1", "onnx/cpu/t1"]),
+    # Accuracy can change with the delegate (GPU fp16), never with the thread count.
+    (("xnnpack", "gpu-fp16"), ["tflite-fp32/xnnpack/t1", "tflite-fp32/gpu-fp16/t1", "tflite-full-int8/xnnpack/t1",
+                               "tflite-full-int8/gpu-fp16/t1"]),
+    (("edgetpu",), ["edgetpu/edgetpu/t1"]),
+])
+def test_eval_runs_once_per_artifact_and_delegate(delegates, evaluated):
+    plan = plan_deploy(eval_request(profile(delegates=delegates, threads=(1, 2, 4))), facts())
+    cells = config_of(plan)["cells"]
+    assert [c["cell"] for c in cells if c.get("eval")] == evaluated
+    assert all(c.get("eval") is True for c in cells if c.get("eval"))
+
+
+def test_eval_ships_its_images_once_and_writes_spec_and_gate():
+    req = eval_request(profile())
+    remote = f"{WD}/data/{'e' * 16}.npy"
+    assert expected_files(req)[remote] == "e" * 64
+    plan = plan_deploy(req, facts())
+    assert [a.what for a in plan.uploads if a.remote == remote] == ["eval images (2)"]
+    config = config_of(plan)
+    assert config["eval"]["images"] == remote
+    assert config["eval"]["image_ids"] == [7, 9] and config["eval"]["image_sizes"] == [[96, 96], [120, 80]]
+    assert config["eval"]["ground_truth"] == {"kind": "coco", "sha256": "g" * 64}
+    assert config["accuracy_gate"]["metric"] == "map_50_95"
+    assert config["accuracy_gate"]["max_drop"] == pytest.approx(0.02)  # 2.0 mAP points
+    assert config["accuracy_gate"]["source_metrics"] == {"map_50_95": 0.76}
+
+    again = plan_deploy(req, facts(present=[remote]))
+    assert [a.what for a in again.actions if isinstance(a, Skip) and a.remote == remote] == ["eval images (2)"]
+
+
+def test_without_eval_nothing_is_evaluated_or_shipped():
+    plan = plan_deploy(request(profile()), facts())
+    config = config_of(plan)
+    assert "eval" not in config and not any(c.get("eval") for c in config["cells"])
+    assert not any("eval images" in a.what for a in plan.uploads)
+
+
+def test_gate_units_follow_the_task():
+    gate = AccuracyGate(max_map_drop=1.5, max_top1_drop=0.01)
+    assert gate_config(gate, "coco", {})["max_drop"] == pytest.approx(0.015)
+    assert gate_config(gate, "labels", {}) == {"metric": "top1", "max_drop": 0.01, "source_metrics": {},
+                                               "profile": {"max_map_drop": 1.5, "max_top1_drop": 0.01}}

@@ -93,7 +93,7 @@ def test_accuracy_rows_add_the_pareto_plot_and_gate_flags(db: ResultsDB, agent_r
         assert row.accuracy == (0.42 if row.variant == "fp32" else 0.40)
         assert (FLAG_GATE_FAILED in row.flags) == (row.variant == "int8")
     paths = render_report(db, [agent_run.run_id], tmp_path / "report")
-    pareto = [p for p in paths.plots if p.name == "latency-vs-accuracy.png"]
+    pareto = [p for p in paths.plots if p.name == f"latency-vs-accuracy-{agent_run.device}.png"]
     assert pareto, paths.plots
     _assert_png(pareto[0])
     assert "accuracy gate failed" in paths.html.read_text()

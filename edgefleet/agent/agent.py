@@ -32,7 +32,17 @@ Input contract: ``RUN_DIR/run.json`` (schema 1)
                 "artifact_invalid_reasons": [str] (optional),
                 "input": {"samples": str or null (a .npy of raw images, (N, *input_shape[1:])),
                           "normalization": null | {"mean": float or [float], "std": float or [float]}}
-                         (optional; null means random inputs)}]}
+                         (optional; null means random inputs),
+                "eval": false | true | {eval spec} (optional: true evaluates with the run's spec)}],
+     "eval": null | {"images": str (.npy, uint8 (N, H, W, 3) already at the model's input size),
+                     "image_ids": [int], "image_sizes": [[width, height]] (original sizes),
+                     "postprocess": {"kind": "ssd_anchors" | "yolov5" | "argmax", "params": {}},
+                     "resize": "stretch" | "letterbox", "layout": "NHWC" | "NCHW",
+                     "normalization": null | {"mean", "std"} (default: the cell's input normalization)}
+             (optional; keys the agent does not read, e.g. the host's ground-truth digest, pass through)}
+
+The host also writes keys the agent ignores (``accuracy_gate``, ``eval.ground_truth``...):
+collect reads them back from the same run.json.
 
 Inputs: with ``samples`` every image is ``(x - mean) / std`` (when normalization is
 given), then quantized with the input tensor's scale/zero-point for an int8/uint8
@@ -58,6 +68,11 @@ fsynced as each cell finishes::
      "load_ms", "first_inference_ms", "warmup_runs", "runs", "duration_s", "stopped_by",
      "latency_ms": {"mean", "std", "min", "max", "p50", "p90", "p99"}, "cv", "unstable",
      "rss_before_kb", "peak_rss_kb" (getrusage's per-process high-water mark, read after the cell),
+     "artifact_bytes": int (the artifact's size on the device; absent when it was not found),
+     "eval" (cells that evaluate only): {"status": "ok" | "error", "reason", "file" (relative to
+             RUN_DIR: eval/<cell>.json), "images", "predictions", "kind", "layout", "input_size",
+             "resize", "latency_ms": {"mean", "p50", "min", "max"} (invoke alone, per image),
+             "latency_with_postprocess_ms": {...} (invoke + outputs + dequantize + decode), "duration_s"},
      "delegate_coverage": {"delegate_nodes", "total_nodes", ...} or null,
      "runtime_info": {...}, "inputs": {"source": "samples" | "random", "details": [...]},
      "outputs": [...], "thermal": {"before": [...], "after": [...]}, "env": {...},
@@ -68,6 +83,13 @@ reports a zero latency. ``RUN_DIR/status.json`` is replaced atomically::
 
     {"state": "running" | "done" | "failed" | "interrupted", "pid", "cells_done",
      "cells_total", "started", "updated", "current_cell", "error" (failed only)}
+
+Evaluation (cells with ``eval``): after the latency loop, inside the same exclusive
+section and with the same loaded session, every eval image is fed through the
+artifact (normalized, then quantized with the input tensor's scale/zero point),
+the outputs are dequantized and decoded here with postprocess.py, and the
+predictions are written to ``RUN_DIR/eval/<cell>.json`` (see evaluate.py). A
+failed evaluation leaves the cell ``ok`` with ``eval.status: error``.
 
 Running ``run`` again on the same RUN_DIR resumes: cells that already have an
 ``ok`` line are skipped; the others run again and their new line supersedes the
@@ -192,6 +214,28 @@ def _check_cell(cell, index, seen):
         norm = spec.get("normalization")
         _require(norm is None or (isinstance(norm, dict) and "mean" in norm and "std" in norm),
                  where, "'input.normalization' must be null or have 'mean' and 'std'")
+    evaluation = cell.get("eval", False)
+    _require(isinstance(evaluation, (bool, dict)), where, "'eval' must be true, false or an eval spec")
+    if isinstance(evaluation, dict):
+        _check_eval(evaluation, where + ".eval")
+
+
+def _evaluate_module():
+    # type: () -> Any
+    try:
+        from . import evaluate  # inside the edgefleet package, on the host
+    except (ImportError, SystemError):
+        import evaluate  # type: ignore  # a top-level module inside the zipapp
+    return evaluate
+
+
+def _check_eval(spec, where):
+    # type: (Any, str) -> None
+    try:
+        problems = _evaluate_module().spec_problems(spec)
+    except ImportError as exc:
+        raise AgentError("{}: {}: this agent was built without evaluation support ({})".format(RUN_FILE, where, exc))
+    _require(not problems, where, "; ".join(problems))
 
 
 def validate_run(run):
@@ -212,11 +256,15 @@ def validate_run(run):
     _require(bench["cv_threshold"] > 0, "bench.cv_threshold", "must be > 0")
     _require(bench.get("exclusive_lock") is None or isinstance(bench.get("exclusive_lock"), str),
              "bench.exclusive_lock", "must be null or a path")
+    if run.get("eval") is not None:
+        _check_eval(run["eval"], "eval")
     cells = run.get("cells")
     _require(isinstance(cells, list), "cells", "must be a list")
     seen = set()  # type: Set[str]
     for index, cell in enumerate(cells):
         _check_cell(cell, index, seen)
+        _require(cell.get("eval") is not True or run.get("eval") is not None, "cells[{}].eval".format(index),
+                 "is true but run.json has no 'eval' spec")
     return run
 
 
@@ -629,8 +677,8 @@ EMPTY_MEASUREMENT = {
 }
 
 
-def bench_cell(run, cell, workdir, env):
-    # type: (Mapping[str, Any], Mapping[str, Any], str, Mapping[str, Any]) -> Dict[str, Any]
+def bench_cell(run, cell, workdir, env, run_dir=None):
+    # type: (Mapping[str, Any], Mapping[str, Any], str, Mapping[str, Any], Optional[str]) -> Dict[str, Any]
     """Measure one cell; never raises for a cell-level failure (the line says what went wrong)."""
     record = {
         "schema": SCHEMA, "agent_version": AGENT_VERSION, "run_id": run["run_id"], "device": run["device"],
@@ -657,6 +705,7 @@ def bench_cell(run, cell, workdir, env):
                 record["artifact_sha256_actual"] = actual
                 raise CellError("artifact {} has sha256 {}, run.json expects {}".format(
                     path, actual, cell["artifact_sha256"]))
+        record["artifact_bytes"] = os.path.getsize(path)
         with ExclusiveBench(run["bench"].get("exclusive_lock")) as exclusive:
             record["timed_start"] = now_iso()
             start = time.perf_counter()
@@ -664,6 +713,9 @@ def bench_cell(run, cell, workdir, env):
             record["load_ms"] = (time.perf_counter() - start) * 1000.0
             feeds, record["inputs"] = make_feeds(session.input_details(), cell.get("input"), workdir)
             measured = measure(session, feeds, run["bench"])
+            eval_spec = _eval_spec(run, cell)
+            if eval_spec is not None:  # eval latencies are timings too: inside the exclusive section
+                record["eval"] = run_eval(session, eval_spec, cell, workdir, run_dir)
             record["timed_end"] = now_iso()
         record["exclusive_wait_ms"] = exclusive.waited_ms if exclusive.path else None
         record["outputs"] = measured.pop("outputs_seen")
@@ -686,6 +738,39 @@ def bench_cell(run, cell, workdir, env):
     record["finished"] = now_iso()
     record["env"] = env_cell
     return record
+
+
+def _eval_spec(run, cell):
+    # type: (Mapping[str, Any], Mapping[str, Any]) -> Optional[Mapping[str, Any]]
+    evaluation = cell.get("eval", False)
+    if isinstance(evaluation, dict):
+        return evaluation
+    return run.get("eval") if evaluation is True else None
+
+
+def run_eval(session, spec, cell, workdir, run_dir):
+    # type: (runtimes.Session, Mapping[str, Any], Mapping[str, Any], str, Optional[str]) -> Dict[str, Any]
+    """The cell's accuracy evaluation; its failure is reported in the line's ``eval``, the latency stands."""
+    evaluate = _evaluate_module()
+    name = evaluate.output_name(cell["cell"])
+    summary = {"status": "error", "file": name}  # type: Dict[str, Any]
+    normalization = spec["normalization"] if "normalization" in spec else (cell.get("input") or {}).get("normalization")
+    spec = dict(spec, normalization=normalization)
+    start = time.perf_counter()
+    try:
+        if run_dir is None:
+            raise evaluate.EvalError("no run directory to write the evaluation into")
+        summary.update(evaluate.evaluate(session, spec, resolve_path(spec["images"], workdir),
+                                         os.path.join(run_dir, name), to_input))
+    except (evaluate.EvalError, CellError) as exc:
+        summary["reason"] = str(exc)
+    except Exception as exc:  # a runtime failing on one eval image must not lose the cell's latency
+        summary["reason"] = "{}: {}".format(type(exc).__name__, exc)
+        summary["traceback"] = traceback.format_exc()[-4000:]
+    summary["duration_s"] = time.perf_counter() - start
+    log("cell {}: eval {}{}".format(cell["cell"], summary["status"],
+                                    " ({})".format(summary.get("reason")) if summary.get("reason") else ""))
+    return summary
 
 
 def _delegate_facts(delegate, info):
@@ -768,7 +853,7 @@ def _run_locked(run, run_dir, workdir):
             status.write("running", done, key)
             log("cell {}: {} threads={} runtime={} delegate={}".format(
                 key, cell["variant"], cell["threads"], cell["runtime"], (cell.get("delegate") or {}).get("name")))
-            record = bench_cell(run, cell, workdir, env)
+            record = bench_cell(run, cell, workdir, env, run_dir)
             append_line(results_path, record)
             measured_any = True
             done += 1
@@ -866,6 +951,11 @@ def start_command(run_dir, workdir):
         pid = int(pipe.read().decode() or 0)
     if not pid:
         raise AgentError("the detached agent did not start")
+    # Return once the new agent holds the run's lock: until then `status` would read a resumed run's
+    # stale status.json (its killed agent's pid, "running") as interrupted.
+    deadline = time.time() + 30
+    while not lock_is_held(run_dir) and pid_alive(pid) and time.time() < deadline:
+        time.sleep(0.02)
     sys.stdout.write("{}\n".format(pid))
     return EXIT_OK
 

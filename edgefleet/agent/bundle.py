@@ -28,6 +28,21 @@ _FIXED_MTIME = 315532800 + 86400
 
 MAIN_PY = '''import sys
 
+if sys.argv[1:2] in (["start"], ["status"]):
+    # These two only read JSON and fork, and deploy waits on them: numpy (a fifth of a second here,
+    # more on a board) is imported on first use instead. `run` and `version` import it as ever.
+    import importlib
+    import types
+
+    class _OnFirstUse(types.ModuleType):
+        def __getattr__(self, name):
+            del sys.modules[self.__name__]
+            module = importlib.import_module(self.__name__)
+            self.__dict__.update(vars(module))
+            return getattr(module, name)
+
+    sys.modules["numpy"] = _OnFirstUse("numpy")
+
 import agent
 
 sys.exit(agent.main())
@@ -65,9 +80,17 @@ def build_agent_bundle(target: Path, *, interpreter: str | None = DEFAULT_INTERP
         (staging / "__main__.py").write_text(MAIN_PY, encoding="utf-8")
         for child in staging.iterdir():
             os.utime(child, (_FIXED_MTIME, _FIXED_MTIME))
-        partial = target.with_name(f".{target.name}.tmp")
-        zipapp.create_archive(staging, partial, interpreter=interpreter)
-        os.replace(partial, target)
+        # A name of its own: parallel deploys (threads or processes) each write the bundle; the bytes
+        # are identical, but a shared temp name let one rename another's half-written archive into place.
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.fchmod(fd, 0o644)  # mkstemp's 0600; the archive is the user's ordinary file (plus x, from zipapp)
+        os.close(fd)
+        partial = Path(name)
+        try:
+            zipapp.create_archive(staging, partial, interpreter=interpreter)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
     return AgentBundle(path=target, sha256=sha256_file(target), modules=modules)
 
 

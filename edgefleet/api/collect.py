@@ -8,11 +8,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pydantic import TypeAdapter
+from rich.markup import escape
 
 from edgefleet.api.context import Env
 from edgefleet.errors import EdgefleetError, ResultsError
+from edgefleet.evaluation.score_run import RunScores, eval_files, score_run, store
 from edgefleet.report.render import ReportPaths, render_report
 from edgefleet.report.tables import build_table, rich_table
+from edgefleet.report.variants import build_variant_table, rich_variant_table
 from edgefleet.results.db import ResultsDB
 from edgefleet.results.ingest import IngestSummary, ingest_run_dir
 from edgefleet.runs import RunRecord, load_runs
@@ -38,6 +41,7 @@ class CollectOutcome:
     ingested: dict[str, IngestSummary] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     report: ReportPaths | None = None
+    scores: dict[str, RunScores] = field(default_factory=dict)
 
 
 def results_db_path(ws: Workspace) -> Path:
@@ -68,11 +72,37 @@ def pull_run(record: RunRecord, into: Path) -> Path:
         has_results = transport.run(["test", "-f", f"{run_dir}/results.jsonl"], check=False).ok
         if has_results:
             transport.get(f"{run_dir}/results.jsonl", into / "results.jsonl")
+            # The predictions of cells that evaluated accuracy (deploy --eval), scored here on the host.
+            for relative in eval_files((into / "results.jsonl").read_bytes()):
+                (into / relative).parent.mkdir(parents=True, exist_ok=True)
+                transport.get(f"{run_dir}/{relative}", into / relative)
         # The agent's status command turns "running" with a dead pid into "interrupted".
         status = transport.run([record.python, record.agent, "status", run_dir], timeout=60, check=False)
         if status.ok:
             (into / "status.json").write_text(status.stdout)
     return into
+
+
+def score_accuracy(db: ResultsDB, record: RunRecord, folder: Path, ws: Workspace, outcome: CollectOutcome,
+                   env: Env) -> None:
+    """Score the run's on-device evaluations (deploy --eval) into the accuracy table, beside its latencies."""
+    try:
+        scores = score_run(folder, db.cells([record.run_id]), run_id=record.run_id, device=record.device,
+                           ground_truth_dir=ws.state_dir / "eval")
+    except ResultsError as exc:
+        outcome.errors[record.run_id] = str(exc)
+        env.console.print(f"[red]could not score the evaluation of[/] {record.run_id}: {escape(str(exc))}")
+        return
+    store(db, scores)
+    outcome.scores[record.run_id] = scores
+    for problem in scores.problems:
+        env.console.print(f"[yellow]{escape(record.device)}: evaluation did not run:[/] {escape(problem)}")
+    for verdict in scores.failed_gate:
+        env.console.print(f"[red]{escape(record.device)}: {escape(verdict.variant)}: accuracy gate failed:[/] "
+                          f"{escape(verdict.reason)}")
+    if scores.scores:
+        env.console.print(f"{record.device}: run {record.run_id}: {len(scores.scores)} evaluations scored, "
+                          f"{len(scores.failed_gate)} failed the accuracy gate")
 
 
 def collect_benchmarks(options: CollectOptions, env: Env | None = None) -> CollectOutcome:
@@ -96,7 +126,7 @@ def collect_benchmarks(options: CollectOptions, env: Env | None = None) -> Colle
         for record, folder, error in fetched:
             if error is not None:
                 outcome.errors[record.run_id] = error
-                env.console.print(f"[red]could not collect[/] {record.run_id} from {record.device}: {error}")
+                env.console.print(f"[red]could not collect[/] {record.run_id} from {record.device}: {escape(error)}")
             if folder is None and not db.runs([record.run_id]):
                 continue
             if folder is not None:
@@ -104,10 +134,11 @@ def collect_benchmarks(options: CollectOptions, env: Env | None = None) -> Colle
                 outcome.ingested[record.run_id] = summary
                 db.register_run(record.run_id, record.device, target=record.target, model=record.model,
                                 emulated=record.emulated)
-                note = f", {summary.quarantined} bad lines quarantined in {summary.quarantine_file}" \
+                note = f", {summary.quarantined} bad lines quarantined in {escape(str(summary.quarantine_file))}" \
                     if summary.quarantined else ""
                 env.console.print(f"{record.device}: run {record.run_id}: {summary.ingested} new cells, "
                                   f"{summary.unchanged} unchanged{note}")
+                score_accuracy(db, record, folder, ws, outcome, env)
         run_ids = [r.run_id for r in records if db.runs([r.run_id])]
         if not run_ids:
             raise ResultsError("nothing was collected; see the errors above")
@@ -116,8 +147,11 @@ def collect_benchmarks(options: CollectOptions, env: Env | None = None) -> Colle
         table = build_table(db, run_ids, baseline_run=options.baseline,
                             regression_threshold=options.regression_threshold)
         env.console.print(rich_table(table))
+        variants = build_variant_table(db, table)
+        if variants.has_accuracy:
+            env.console.print(rich_variant_table(variants))
         outcome.report = render_report(db, run_ids, ws.reports_dir / name, baseline_run=options.baseline,
                                        regression_threshold=options.regression_threshold)
         (outcome.report.out_dir / "runs.json").write_text(json.dumps(run_ids, indent=2))
-    env.console.print(f"report: {outcome.report.html}")
+    env.console.print(f"report: {escape(str(outcome.report.html))}")
     return outcome

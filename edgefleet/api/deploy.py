@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from edgefleet.agent.bundle import build_agent_bundle
@@ -15,6 +16,7 @@ from edgefleet.api.context import Env
 from edgefleet.backends.registry import open_backend
 from edgefleet.deploy.apply import ApplyResult, apply_plan, runtime_python
 from edgefleet.deploy.devices import DeviceAddress, resolve_device
+from edgefleet.deploy.evalspec import eval_request, gate_config
 from edgefleet.deploy.facts import gather_facts
 from edgefleet.deploy.plan import (DeployPlan, DeployRequest, LocalFile, ProvisionRuntime, Skip, StartAgent,
                                    Upload, Variant, WriteRunConfig, expected_files, plan_deploy)
@@ -117,15 +119,15 @@ def plan_table(plan: DeployPlan) -> Table:
     table.add_column("bytes", justify="right")
     for action in plan.actions:
         if isinstance(action, Upload):
-            table.add_row("upload", action.what, action.remote, f"{action.size:,}")
+            table.add_row("upload", escape(action.what), escape(action.remote), f"{action.size:,}")
         elif isinstance(action, Skip):
-            table.add_row("[dim]skip (same sha256 on device)[/]", action.what, action.remote, "0")
+            table.add_row("[dim]skip (same sha256 on device)[/]", escape(action.what), escape(action.remote), "0")
         elif isinstance(action, ProvisionRuntime):
-            table.add_row("provision runtime", " ".join(action.requirements), action.wheelhouse, "")
+            table.add_row("provision runtime", escape(" ".join(action.requirements)), escape(action.wheelhouse), "")
         elif isinstance(action, WriteRunConfig):
-            table.add_row("write run config", f"{len(action.config['cells'])} cells", action.remote, "")
+            table.add_row("write run config", f"{len(action.config['cells'])} cells", escape(action.remote), "")
         elif isinstance(action, StartAgent):
-            table.add_row("start agent (detached)", action.agent, action.run_dir, "")
+            table.add_row("start agent (detached)", escape(action.agent), escape(action.run_dir), "")
     return table
 
 
@@ -169,6 +171,7 @@ def deploy(options: DeployOptions, env: Env | None = None) -> DeployOutcome:
         raise DeployError(f"target {profile.name!r} has no Python on the device ({profile.runtime.name}); "
                           "the edgefleet agent cannot run there yet: use `invoke build` for its artifacts")
     recipe = load_recipe(ws.models_dir, options.model or ws.settings.default_model)
+    address = resolve_device(profile, ws.state_dir, options.device)  # a wrong --device fails before any build
     plan = make_plan(ws, options.target, options.model)
     store = ArtifactStore(ws.artifacts_dir)
     if not options.dry_run:
@@ -176,11 +179,12 @@ def deploy(options: DeployOptions, env: Env | None = None) -> DeployOutcome:
         execute_plan(plan, store, backend, jobs=ws.settings.jobs, timeout_s=ws.settings.step_timeout_s,
                      console=env.console)
     variants = built_variants(plan, store, say)
-    address = resolve_device(profile, ws.state_dir, options.device)
     wheels, requirements, runtime_note = wheelhouse_files(ws, profile, address, env, options.backend) \
         if not options.dry_run else ([], (), "not resolved in a dry run")
     agent = build_agent_bundle(ws.state_dir / "agent")
     samples_path = recipe.file(recipe.recipe.calibration.path)
+    evaluation = eval_request(recipe, ws.state_dir / "eval") if options.eval else None
+    gate_kind = "coco" if recipe.recipe.task.kind == "detection" else "labels"
     run_id = new_run_id(profile.name)
     request = DeployRequest(
         device=address.name, profile=profile, workdir=address.workdir, run_id=run_id, variants=variants,
@@ -189,14 +193,17 @@ def deploy(options: DeployOptions, env: Env | None = None) -> DeployOutcome:
         samples_normalization=recipe.recipe.input.normalization.model_dump(mode="json"),
         wheelhouse=wheels, runtime_requirements=requirements, emulated_inventory=address.emulated,
         exclusive_lock=address.shared_host_lock,
+        eval=evaluation,
+        accuracy_gate=gate_config(profile.accuracy_gate, gate_kind,
+                                  evaluation.source_metrics if evaluation else {}),
     )
-    say(f"runtime: {runtime_note}")
+    say(f"runtime: {escape(runtime_note)}")
     with open_transport(address.connection, name=address.name) as transport:
         facts = gather_facts(transport, address.workdir, expected_files(request))
         deploy_plan = plan_deploy(request, facts)
         say(plan_table(deploy_plan))
         for warning in deploy_plan.warnings:
-            say(f"[yellow]note:[/] {warning}")
+            say(f"[yellow]note:[/] {escape(warning)}")
         say(f"{deploy_plan.bytes_to_send:,} bytes to send, {deploy_plan.cells} cells to measure")
         if options.dry_run:
             say("dry run: nothing was sent")
@@ -205,7 +212,7 @@ def deploy(options: DeployOptions, env: Env | None = None) -> DeployOutcome:
         applied = apply_plan(deploy_plan, transport, address.workdir, lock_wait_s=options.lock_wait_s,
                              say=say, has_runtime_venv=has_venv)
         start = next(a for a in deploy_plan.actions if isinstance(a, StartAgent))
-        python = runtime_python(address.workdir, has_venv or applied.provisioned, "python3")
+        python = runtime_python(address.workdir, applied.runtime_venv, "python3")
         save_run(ws.state_dir, RunRecord(
             run_id=run_id, target=profile.name, model=recipe.recipe.name, device=address.name,
             workdir=address.workdir, emulated=facts.emulated or address.emulated, started=datetime.now(timezone.utc).isoformat(timespec="seconds"),

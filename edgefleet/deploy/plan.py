@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgefleet.deploy.evalspec import EvalRequest, eval_config, images_remote
 from edgefleet.deploy.facts import DeviceFacts
 from edgefleet.errors import DeployError
 from edgefleet.profiles.model import Profile
@@ -113,6 +114,8 @@ class DeployRequest:
     runtime_requirements: tuple[str, ...] = ()
     emulated_inventory: bool = False   # the fleet says this host stands in for the board
     exclusive_lock: str | None = None  # host-wide lock path around timed runs (devices sharing hardware)
+    eval: EvalRequest | None = None    # --eval: the packed evaluation split and how to decode
+    accuracy_gate: Mapping[str, Any] | None = None  # written to run.json for collect
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,8 @@ def expected_files(request: DeployRequest) -> dict[str, str]:
     files[f"{paths['agent']}/{request.agent.sha256[:16]}-{request.agent.path.name}"] = request.agent.sha256
     if request.samples is not None:
         files[f"{paths['data']}/{request.samples.sha256[:16]}.npy"] = request.samples.sha256
+    if request.eval is not None:
+        files[images_remote(paths["data"], request.eval)] = request.eval.images_sha256
     for wheel in request.wheelhouse:
         files[f"{paths['wheelhouse']}/{wheel.path.name}"] = wheel.sha256
     return files
@@ -175,6 +180,7 @@ def check_device(request: DeployRequest, facts: DeviceFacts) -> list[str]:
 def build_cells(request: DeployRequest, samples_remote: str | None) -> list[dict[str, Any]]:
     cells = []
     bench = request.profile.bench
+    evaluated: set[tuple[str, str]] = set()  # accuracy depends on artifact and delegate, not on threads
     for variant in request.variants:
         if not variant.valid:
             continue
@@ -199,6 +205,9 @@ def build_cells(request: DeployRequest, samples_remote: str | None) -> list[dict
                     "delegate_name": delegate_name,
                     "input": {"samples": samples_remote, "normalization": request.samples_normalization},
                 })
+                if request.eval is not None and (variant.name, delegate_name) not in evaluated:
+                    evaluated.add((variant.name, delegate_name))
+                    cells[-1]["eval"] = True
     return cells
 
 
@@ -221,6 +230,12 @@ def plan_deploy(request: DeployRequest, facts: DeviceFacts) -> DeployPlan:
         samples_remote = f"{paths['data']}/{request.samples.sha256[:16]}.npy"
         local_by_remote[samples_remote] = request.samples
         labels[samples_remote] = "input samples"
+    eval_remote = None
+    if request.eval is not None:
+        eval_remote = images_remote(paths["data"], request.eval)
+        local_by_remote[eval_remote] = LocalFile(request.eval.images_path, request.eval.images_sha256,
+                                                 request.eval.images_size)
+        labels[eval_remote] = f"eval images ({len(request.eval.image_ids)})"
     for wheel in request.wheelhouse:
         remote = f"{paths['wheelhouse']}/{wheel.path.name}"
         local_by_remote[remote] = wheel
@@ -258,6 +273,10 @@ def plan_deploy(request: DeployRequest, facts: DeviceFacts) -> DeployPlan:
                   "exclusive_lock": request.exclusive_lock},
         "cells": cells,
     }
+    if request.eval is not None and eval_remote is not None:
+        config["eval"] = eval_config(request.eval, eval_remote)
+    if request.accuracy_gate is not None:
+        config["accuracy_gate"] = dict(request.accuracy_gate)
     actions.append(WriteRunConfig(f"{run_dir}/run.json", config))
     actions.append(StartAgent(agent_remote, run_dir))
     return DeployPlan(request.device, request.run_id, tuple(actions), tuple(warnings), len(cells), facts)

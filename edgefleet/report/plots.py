@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgefleet.report.tables import EMULATED_NOTE, ReportRow, ReportTable
+from edgefleet.report.tables import EMULATED_NOTE, FLAG_GATE_FAILED, METRIC_LABELS, ReportRow, ReportTable
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -76,24 +76,37 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i])
 
 
-def pareto_plot(rows: Sequence[ReportRow], metric: str, path: Path) -> Path | None:
-    """Latency vs accuracy with the Pareto front; None (no file) when no cell has both."""
+def pareto_plot(rows: Sequence[ReportRow], metric: str, path: Path, device: str | None = None) -> Path | None:
+    """Latency vs accuracy with the Pareto front; None (no file) when no cell has both.
+
+    Every cell is a point (a variant at one thread count), one colour per variant; a variant that
+    failed the accuracy gate is drawn as crosses, so a fast but broken artifact cannot pass for a
+    good trade-off. Only the front's points are labelled: the rest is in the legend.
+    """
     points_rows = [r for r in rows if r.status == "ok" and r.p50_ms is not None and r.accuracy is not None]
     if not points_rows:
         return None
     points = [(r.p50_ms, r.accuracy) for r in points_rows]
     front = pareto_front(points)
-    figure = _figure(7.0, 4.5)
+    figure = _figure(7.5, 4.8)
     axes = figure.add_subplot(1, 1, 1)
-    axes.scatter([p[0] for p in points], [p[1] for p in points], color="tab:gray", label="cells")
-    axes.plot([points[i][0] for i in front], [points[i][1] for i in front], "o-", color="tab:red",
-              label="Pareto front")
-    for r, (x, y) in zip(points_rows, points):
-        axes.annotate(f"{r.device}/{r.variant}/t{r.threads}", (x, y), fontsize=7,
-                      xytext=(4, 4), textcoords="offset points")
+    series: dict[str, list[int]] = {}
+    for index, r in enumerate(points_rows):
+        series.setdefault(r.variant if device else f"{r.device}/{r.variant}", []).append(index)
+    for name, members in sorted(series.items()):
+        failed = any(FLAG_GATE_FAILED in points_rows[i].flags for i in members)
+        axes.scatter([points[i][0] for i in members], [points[i][1] for i in members], alpha=0.8,
+                     marker="x" if failed else "o", label=f"{name} ({FLAG_GATE_FAILED})" if failed else name)
+    axes.plot([points[i][0] for i in front], [points[i][1] for i in front], "-", color="tab:red", linewidth=1.5,
+              label="Pareto front", zorder=0)
+    for i in front:
+        r = points_rows[i]
+        text = f"{r.variant}/t{r.threads}" if device else f"{r.device}/{r.variant}/t{r.threads}"
+        axes.annotate(text, points[i], fontsize=7, xytext=(4, 4), textcoords="offset points")
+    label = METRIC_LABELS.get(metric, metric)
     axes.set_xlabel("p50 latency, ms")
-    axes.set_ylabel(metric)
-    title = f"latency vs {metric}"
+    axes.set_ylabel(label)
+    title = f"{device}: time vs {label}" if device else f"latency vs {label}"
     if any(r.emulated for r in points_rows):
         title += f"\nemulated: true — {EMULATED_NOTE}"
     axes.set_title(title, fontsize=10)
@@ -109,8 +122,11 @@ def render_plots(table: ReportTable, out_dir: Path) -> tuple[Path, ...]:
     for device in sorted({r.device for r in table.rows}):
         rows = [r for r in table.rows if r.device == device]
         paths.append(latency_plot(rows, device, out_dir / f"latency-{_UNSAFE.sub('_', device)}.png"))
-    if table.accuracy_metric:
-        pareto = pareto_plot(table.rows, table.accuracy_metric, out_dir / "latency-vs-accuracy.png")
-        if pareto is not None:
-            paths.append(pareto)
+    if table.accuracy_metric:  # one time-vs-accuracy plot per device: latencies of different boards do not mix
+        for device in sorted({r.device for r in table.rows}):
+            rows = [r for r in table.rows if r.device == device]
+            pareto = pareto_plot(rows, table.accuracy_metric,
+                                 out_dir / f"latency-vs-accuracy-{_UNSAFE.sub('_', device)}.png", device)
+            if pareto is not None:
+                paths.append(pareto)
     return tuple(paths)

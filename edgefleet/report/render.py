@@ -8,6 +8,7 @@ from pathlib import Path
 from edgefleet.errors import ResultsError
 from edgefleet.report.plots import render_plots
 from edgefleet.report.tables import EMULATED_NOTE, ReportTable, build_table, format_value, write_csv, write_json
+from edgefleet.report.variants import VariantTable, build_variant_table, write_variants_csv, write_variants_json
 from edgefleet.results.db import ResultsDB
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "report"
@@ -22,6 +23,8 @@ class ReportPaths:
     csv: Path
     json: Path
     plots: tuple[Path, ...]
+    variants_csv: Path | None = None
+    variants_json: Path | None = None
 
 
 def _md_escape(value: object) -> str:
@@ -42,15 +45,17 @@ def _environment(templates_dir: Path):  # -> jinja2.Environment
     return env
 
 
-def render_table(table: ReportTable, out_dir: Path, *, templates_dir: Path = TEMPLATES_DIR) -> ReportPaths:
+def render_table(table: ReportTable, out_dir: Path, *, templates_dir: Path = TEMPLATES_DIR,
+                 variants: VariantTable | None = None) -> ReportPaths:
     out_dir = Path(out_dir)
+    variants = variants or VariantTable((), (), ())
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = render_plots(table, out_dir / PLOTS_DIR)
     context = {
         "table": table, "rows": table.rows, "runs": table.runs, "columns": table.columns,
         "emulated_note": EMULATED_NOTE, "plots": [p.relative_to(out_dir).as_posix() for p in plots],
         "baseline_run": table.baseline_run, "threshold_pct": round(table.regression_threshold * 100, 1),
-        "regressions": table.regressions,
+        "regressions": table.regressions, "variants": variants,
     }
     env = _environment(Path(templates_dir))
     markdown = out_dir / "report.md"
@@ -59,7 +64,9 @@ def render_table(table: ReportTable, out_dir: Path, *, templates_dir: Path = TEM
     html.write_text(env.get_template("report.html.j2").render(**context), encoding="utf-8")
     return ReportPaths(out_dir=out_dir, markdown=markdown, html=html,
                        csv=write_csv(table, out_dir / "results.csv"),
-                       json=write_json(table, out_dir / "results.json"), plots=plots)
+                       json=write_json(table, out_dir / "results.json"), plots=plots,
+                       variants_csv=write_variants_csv(variants, out_dir / "variants.csv"),
+                       variants_json=write_variants_json(variants, out_dir / "variants.json"))
 
 
 def render_report(db: ResultsDB, run_ids: Sequence[str], out_dir: Path, *, baseline_run: str | None = None,
@@ -67,4 +74,4 @@ def render_report(db: ResultsDB, run_ids: Sequence[str], out_dir: Path, *, basel
                   templates_dir: Path = TEMPLATES_DIR) -> ReportPaths:
     table = build_table(db, run_ids, baseline_run=baseline_run, regression_threshold=regression_threshold,
                         accuracy_metric=accuracy_metric)
-    return render_table(table, out_dir, templates_dir=templates_dir)
+    return render_table(table, out_dir, templates_dir=templates_dir, variants=build_variant_table(db, table))

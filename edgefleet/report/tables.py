@@ -23,6 +23,10 @@ FLAG_MISSING_RUNTIME = "missing runtime"
 FLAG_ERROR = "error"
 FLAG_GATE_FAILED = "accuracy gate failed"
 FLAG_REGRESSION = "regression"
+# The figure the cells table shows when an evaluation wrote several: the one the accuracy gate judges.
+PRIMARY_METRICS = ("map_50_95", "top1")
+METRIC_LABELS = {"map_50_95": "mAP@[.5:.95]", "map_50": "mAP@.5", "map_75": "mAP@.75", "top1": "top-1",
+                 "top5": "top-5"}
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,8 @@ class ReportTable:
     def columns(self) -> tuple[Column, ...]:
         columns = [c for c in BASE_COLUMNS]
         if self.accuracy_metric:
-            columns.insert(-1, Column("accuracy", self.accuracy_metric, numeric=True))
+            columns.insert(-1, Column("accuracy", METRIC_LABELS.get(self.accuracy_metric, self.accuracy_metric),
+                                      numeric=True))
         if self.baseline_run:
             columns[-1:-1] = [Column("baseline_p50_ms", f"p50 ms in {self.baseline_run}", numeric=True),
                               Column("ratio", "p50 ratio", numeric=True)]
@@ -182,6 +187,9 @@ def _pick_metric(records: Sequence[AccuracyRecord]) -> str | None:
     counts = Counter(r.metric for r in records if r.metric != GATE_METRIC)
     if not counts:
         return None
+    for metric in PRIMARY_METRICS:
+        if metric in counts:
+            return metric
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[0][0]
 
 
