@@ -183,3 +183,11 @@ def test_gate_units_follow_the_task():
     assert gate_config(gate, "coco", {})["max_drop"] == pytest.approx(0.015)
     assert gate_config(gate, "labels", {}) == {"metric": "top1", "max_drop": 0.01, "source_metrics": {},
                                                "profile": {"max_map_drop": 1.5, "max_top1_drop": 0.01}}
+
+
+def test_companion_files_ship_beside_their_model():
+    xml = Variant("openvino-fp32", "openvino", "k9", lf("model.xml"), companions=(lf("model.bin", 5000),))
+    plan = plan_deploy(request(profile(), variants=[xml]), facts())
+    uploads = {a.remote: a.size for a in plan.uploads}
+    assert uploads[f"{WD}/artifacts/k9/model.xml"] == 1000 and uploads[f"{WD}/artifacts/k9/model.bin"] == 5000
+    assert cells_of(plan) == ["openvino-fp32/cpu/t1", "openvino-fp32/cpu/t2"]

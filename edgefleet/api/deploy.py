@@ -76,8 +76,10 @@ def built_variants(plan: Plan, store: ArtifactStore, say) -> list[Variant]:
         if not primary.is_file():
             say(f"[yellow]not deployed:[/] {step.variant} is a folder artifact; the agent runs single-file models")
             continue
+        companions = tuple(local_file(p) for p in sorted(primary.parent.glob(f"{primary.stem}.*"))
+                           if p != primary and p.is_file())
         variants.append(Variant(step.variant or step.id, step.runtime or "tflite", step.key, local_file(primary),
-                                bool(manifest.get("valid", True))))
+                                bool(manifest.get("valid", True)), companions))
     return variants
 
 

@@ -34,6 +34,8 @@ class Variant:
     artifact_key: str
     file: LocalFile
     valid: bool = True
+    # Files the primary one needs beside it (OpenVINO's model.bin next to model.xml).
+    companions: tuple[LocalFile, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,10 +147,18 @@ def artifact_remote(workdir: str, variant: Variant) -> str:
     return f"{remote_paths(workdir)['artifacts']}/{variant.artifact_key}/{variant.file.path.name}"
 
 
+def variant_files(workdir: str, variant: Variant) -> list[tuple[str, LocalFile]]:
+    """Remote path and local file of everything a variant needs on the device, the primary first."""
+    folder = f"{remote_paths(workdir)['artifacts']}/{variant.artifact_key}"
+    return [(artifact_remote(workdir, variant), variant.file)] + \
+        [(f"{folder}/{c.path.name}", c) for c in variant.companions]
+
+
 def expected_files(request: DeployRequest) -> dict[str, str]:
     """Remote path -> sha256 of everything the deploy ships; the facts probe reports which exist."""
     paths = remote_paths(request.workdir)
-    files = {artifact_remote(request.workdir, v): v.file.sha256 for v in request.variants if v.valid}
+    files = {remote: local.sha256 for v in request.variants if v.valid
+             for remote, local in variant_files(request.workdir, v)}
     files[f"{paths['agent']}/{request.agent.sha256[:16]}-{request.agent.path.name}"] = request.agent.sha256
     if request.samples is not None:
         files[f"{paths['data']}/{request.samples.sha256[:16]}.npy"] = request.samples.sha256
@@ -219,9 +229,12 @@ def plan_deploy(request: DeployRequest, facts: DeviceFacts) -> DeployPlan:
     paths = remote_paths(request.workdir)
     actions: list[Action] = []
     wanted = expected_files(request)
-    labels = {artifact_remote(request.workdir, v): f"artifact {v.name}" for v in request.variants if v.valid}
-    local_by_remote: dict[str, LocalFile] = {artifact_remote(request.workdir, v): v.file
-                                             for v in request.variants if v.valid}
+    labels: dict[str, str] = {}
+    local_by_remote: dict[str, LocalFile] = {}
+    for v in (v for v in request.variants if v.valid):
+        for remote, local in variant_files(request.workdir, v):
+            labels[remote] = f"artifact {v.name}" + ("" if local is v.file else f" ({local.path.name})")
+            local_by_remote[remote] = local
     agent_remote = f"{paths['agent']}/{request.agent.sha256[:16]}-{request.agent.path.name}"
     local_by_remote[agent_remote] = request.agent
     labels[agent_remote] = "agent"

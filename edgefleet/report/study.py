@@ -68,7 +68,8 @@ def study_markdown(study: Sequence[StudyRow], metric: str, emulated: bool) -> st
         lines += [f"> emulated: true — {EMULATED_NOTE}", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in study:
-        status = row.status if row.status == "ok" else f"{row.status}: {row.reason or ''}".strip()
+        reason = " ".join((row.reason or "").split()).replace("|", "/")  # one line, no table breaks
+        status = row.status if row.status == "ok" else f"{row.status}: {reason}".strip()
         delta = "—" if row.accuracy_delta is None else f"{row.accuracy_delta:+.4f}"
         cells = [row.variant, row.runtime, *(_fmt(row.latency_ms.get(t)) for t in threads),
                  _fmt(row.first_inference_ms), _fmt(row.accuracy, 4), delta, status]
