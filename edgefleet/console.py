@@ -12,10 +12,23 @@ from rich.console import Console
 LOG_WIDTH = 160
 
 
+class _Console(Console):
+    """A rich console that renders nothing when quiet.
+
+    rich lays out every table and progress frame before a quiet console throws it away; with one quiet
+    console per thread (parallel deploys through the API) that was ~0.07 s of CPU per deploy, all
+    holding the GIL.
+    """
+
+    def print(self, *objects: object, **kwargs: object) -> None:  # type: ignore[override]
+        if not self.quiet:
+            super().print(*objects, **kwargs)  # type: ignore[arg-type]
+
+
 def make_console(*, stderr: bool = False, quiet: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else LOG_WIDTH
-    return Console(stderr=stderr, quiet=quiet, highlight=False, width=width)
+    return _Console(stderr=stderr, quiet=quiet, highlight=False, width=width)
 
 
 def echo_command(console: Console, argv: Sequence[str] | str) -> None:

@@ -131,6 +131,31 @@ def study_task(c, model=None, target="local"):
     study(StudyOptions(model=model, target=target))
 
 
+@task(name="resume", help={"run": "the interrupted run's id (see `invoke collect-benchmarks`)",
+                           "wait": "follow the run to its end",
+                           "lock-wait": "seconds to wait for a busy device before failing"})
+@reports_errors
+def resume_task(c, run, wait=False, lock_wait=0.0):
+    """Restart an interrupted benchmark run on its device; only its unfinished cells run."""
+    from edgefleet.api.resume import ResumeOptions, resume
+    resume(ResumeOptions(run=run, wait=wait, lock_wait_s=float(lock_wait)))
+
+
+@task(name="doctor", iterable=["target"], help={
+    "target": "device to check (repeatable; default: the emulated fleet and every ssh profile)",
+    "no-devices": "check this machine only",
+    "connect-timeout": "seconds to wait for each device to answer (default 3)",
+})
+@reports_errors
+def doctor_task(c, target=None, no_devices=False, connect_timeout=3.0):
+    """Check this machine and every device; print what is wrong and how to fix it."""
+    from edgefleet.api.doctor import DoctorOptions, doctor
+    report = doctor(DoctorOptions(targets=tuple(target or ()), devices=not no_devices,
+                                  connect_timeout_s=float(connect_timeout)))
+    if not report.ok:
+        raise Exit(f"doctor: {len(report.failed)} required check(s) failed; see the table above", code=1)
+
+
 @task(name="demo", help={"keep-fleet": "leave the emulated fleet running afterwards"})
 @reports_errors
 def demo_task(c, keep_fleet=False):
@@ -142,7 +167,7 @@ def demo_task(c, keep_fleet=False):
 def make_collection() -> Collection:
     fleet = Collection("fleet", fleet_up_task, fleet_down_task)
     return Collection(targets_task, schema_task, build_task, clean_task, deploy_task, collect_task,
-                      demo_task, study_task, fleet)
+                      demo_task, study_task, resume_task, doctor_task, fleet)
 
 
 namespace = make_collection()

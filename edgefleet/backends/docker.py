@@ -262,7 +262,8 @@ def _run(container: Container, timeout_s: float, log: LogSink) -> tuple[int, lis
     finally:
         watchdog.cancel()
     if timed_out.is_set():
-        raise BuildError(f"step timed out after {timeout_s:.0f} s", returncode=code, log=list(tail))
+        raise BuildError(f"step timed out after {timeout_s:g} s (step_timeout_s in edgefleet.yaml); its container "
+                         f"was killed", returncode=code, log=list(tail))
     return code, list(tail)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,7 +53,7 @@ class LocalBackend:
 
             def expire() -> None:
                 timed_out.set()
-                proc.kill()
+                _kill_group(proc)
 
             timer = threading.Timer(request.timeout_s, expire)
             timer.start()
@@ -64,12 +65,20 @@ class LocalBackend:
                 returncode = proc.wait()
             finally:
                 timer.cancel()
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+                # The step's own children (pip, onnxsim) too: they would outlive a killed step runner.
+                _kill_group(proc)
+                proc.wait()
             if returncode == EXIT_UNAVAILABLE:
                 raise ToolUnavailableError(read_step_error(request.out_dir) or f"step {request.kind} is unavailable here")
             if returncode != 0:
-                reason = f"timed out after {request.timeout_s:.0f} s (step_timeout_s)" if timed_out.is_set() \
-                    else "failed"
+                reason = f"timed out after {request.timeout_s:g} s (step_timeout_s in edgefleet.yaml)" \
+                    if timed_out.is_set() else "failed"
                 raise BuildError(f"step {request.kind} {reason}", command=argv, returncode=returncode, log=list(tail))
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL the step's process group (it was started in a new session, so the group is the step's own)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # the whole group has exited already

@@ -96,6 +96,12 @@ def _literal_choices(ctx: dict[str, Any]) -> list[str]:
     return re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
 
 
+def _shown_key(part: str | int) -> str:
+    # A key with control characters or odd spacing is quoted, so a message stays one line per problem.
+    text = str(part)
+    return text if text and text.isprintable() and text.strip() == text and "." not in text else repr(text)
+
+
 def explain(err: dict[str, Any], root: type[BaseModel], smap: SourceMap) -> str:
     loc = tuple(err["loc"])
     kind = err["type"]
@@ -107,7 +113,7 @@ def explain(err: dict[str, Any], root: type[BaseModel], smap: SourceMap) -> str:
         return f"{smap.nearest(data_loc)}: unknown key {key!r}{did_you_mean(str(key), allowed)}" + \
             (f"; allowed keys: {', '.join(allowed)}" if allowed and not did_you_mean(str(key), allowed) else "")
     data_loc, _ = resolve_loc(root, loc)
-    dotted = ".".join(str(p) for p in data_loc) or "(top level)"
+    dotted = ".".join(_shown_key(p) for p in data_loc) or "(top level)"
     if kind == "missing":
         parent = smap.nearest(data_loc[:-1]) if len(data_loc) > 1 else smap.nearest(())
         return f"{parent}: missing required key {dotted!r}"

@@ -6,6 +6,8 @@ maps straight back to ``file:line:col``.
 """
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from edgefleet.errors import ConfigError
 
@@ -106,19 +109,58 @@ def load_yaml(path: Path) -> tuple[Any, SourceMap]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{display_path(path)}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        data = path.read_bytes()
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(f"{display_path(path)}:{line}:{col}: not UTF-8 text (byte {data[exc.start]:#04x}); "
+                          f"save the file as UTF-8") from None
+    except OSError as exc:
         raise ConfigError(f"{display_path(path)}: cannot read: {exc}") from None
+    data, smap = _parse(path, text)
+    # Callers may reshape what they get (extends: merges); the cached parse stays pristine.
+    return copy.deepcopy(data), smap
+
+
+# One deploy reads the same profiles and recipe several times (its own plan, the host's wheelhouse plan);
+# ruamel's round-trip parser is slow enough that this was a fifth of an unchanged deploy. Keyed on the
+# text itself, so an edited file is parsed again.
+@functools.lru_cache(maxsize=64)
+def _parse(path: Path, text: str) -> tuple[Any, SourceMap]:
     yaml = YAML(typ="rt")
     try:
         doc = yaml.load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        where = f"{display_path(path)}:{mark.line + 1}:{mark.column + 1}" if mark else display_path(path)
-        raise ConfigError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
-    except Exception as exc:  # ruamel raises a few unmarked errors (duplicate keys, bad anchors)
-        raise ConfigError(f"{display_path(path)}: invalid YAML: {exc}") from None
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise ConfigError(f"{display_path(path)}:{line}:{col}: invalid YAML: {exc.problem or exc.context}") from None
+    except Exception as exc:  # ruamel raises a few unmarked errors (e.g. a list used as a mapping key)
+        found = _complex_key(text)
+        if found is not None:
+            raise ConfigError(f"{display_path(path)}:{found[0]}:{found[1]}: invalid YAML: a key must be a plain "
+                              f"value, not a list or mapping") from None
+        raise ConfigError(f"{display_path(path)}:1:1: invalid YAML: {exc}") from None
     smap = SourceMap(path)
     data = _plain(doc, (), smap, path)
     if data is None:
         data = {}
     return data, smap
+
+
+def _complex_key(text: str) -> tuple[int, int] | None:
+    """Line and column (1-based) of the first mapping key that is itself a list or mapping."""
+    try:
+        root = YAML(typ="rt").compose(text)
+    except Exception:  # noqa: BLE001 - only a better position is at stake
+        return None
+    pending = [root] if root is not None else []
+    while pending:
+        node = pending.pop()
+        if isinstance(node, MappingNode):
+            for key, value in node.value:
+                if not isinstance(key, ScalarNode):
+                    return key.start_mark.line + 1, key.start_mark.column + 1
+                pending.append(value)
+        elif isinstance(node, SequenceNode):
+            pending.extend(node.value)
+    return None

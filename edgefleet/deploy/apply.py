@@ -11,6 +11,8 @@ import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from rich.markup import escape
+
 from edgefleet.deploy.lock import DeviceLock
 from edgefleet.deploy.plan import (DeployPlan, ProvisionRuntime, Skip, StartAgent, Upload,
                                    WriteRunConfig)
@@ -29,14 +31,17 @@ class ApplyResult:
     skipped: list[str] = field(default_factory=list)
     agent_pid: int | None = None
     provisioned: bool = False
+    runtime_venv: bool = False   # the agent runs from the provisioned venv (now or by an earlier deploy)
+
+
+# One round trip instead of three (each costs a process start on the device, and deploy writes several).
+_WRITE_TEXT = 'mkdir -p -- "$1" && cat > "$2" && mv -f -- "$2" "$3"'
 
 
 def _write_remote_text(transport: Transport, remote: str, text: str) -> None:
     """Write a small file atomically: temp name in the same folder, then rename."""
-    tmp = f"{remote}.tmp"
-    transport.run(["mkdir", "-p", "--", posixpath.dirname(remote)])
-    transport.run(["tee", "--", tmp], stdin=text.encode())
-    transport.run(["mv", "-f", "--", tmp, remote])
+    transport.run(["sh", "-c", _WRITE_TEXT, "sh", posixpath.dirname(remote), f"{remote}.tmp", remote],
+                  stdin=text.encode())
 
 
 def provision_runtime(transport: Transport, workdir: str, action: ProvisionRuntime, python: str, say: Say) -> None:
@@ -52,6 +57,18 @@ def provision_runtime(transport: Transport, workdir: str, action: ProvisionRunti
                           f"the bundle:\n{result.stderr.strip()[-1500:]}")
     _write_remote_text(transport, f"{workdir}/runtime/provisioned.json",
                        json.dumps({"digest": action.digest, "requirements": list(action.requirements)}))
+
+
+def provisioned_digest(transport: Transport, workdir: str) -> str | None:
+    """The digest of the wheelhouse the device's runtime venv was provisioned from, if any."""
+    result = transport.run(["cat", "--", f"{workdir}/runtime/provisioned.json"], check=False)
+    if result.returncode != 0:
+        return None
+    try:
+        digest = json.loads(result.stdout).get("digest")
+    except (ValueError, AttributeError):
+        return None
+    return digest if isinstance(digest, str) else None
 
 
 def runtime_python(workdir: str, provisioned: bool, fallback: str) -> str:
@@ -70,22 +87,29 @@ def apply_plan(plan: DeployPlan, transport: Transport, workdir: str, *, python: 
                 result.skipped.append(action.remote)
             elif isinstance(action, Upload):
                 say(f"upload {action.what} ({action.size:,} bytes)")
-                sent = upload_verified(transport, action.local, action.remote, sha256=action.sha256)
+                sent = upload_verified(transport, action.local, action.remote, sha256=action.sha256,
+                                       on_retry=lambda n, wait, err: say(f"  {escape(str(err))}; retry {n} in {wait:g} s"))
                 result.sent_bytes += sent.sent_bytes
-                result.uploaded.append(action.remote)
+                # The plan was made before the lock: a deploy we waited for may have sent it meanwhile.
+                (result.skipped if sent.skipped else result.uploaded).append(action.remote)
                 _write_remote_text(transport, action.remote + ".sha256", action.sha256)
             elif isinstance(action, ProvisionRuntime):
-                provision_runtime(transport, workdir, action, python, say)
-                result.provisioned = True
+                # Same reason: never rebuild a venv another deploy just made (its agent may be using it).
+                if provisioned_digest(transport, workdir) == action.digest:
+                    say("runtime venv already provisioned from this wheelhouse; left as it is")
+                else:
+                    provision_runtime(transport, workdir, action, python, say)
+                    result.provisioned = True
                 has_runtime_venv = True
             elif isinstance(action, WriteRunConfig):
                 _write_remote_text(transport, action.remote, json.dumps(action.config, indent=2))
             elif isinstance(action, StartAgent):
                 agent_python = runtime_python(workdir, has_runtime_venv, python)
                 started = transport.run([agent_python, action.agent, "start", action.run_dir], timeout=60)
-                say(f"agent started detached: {started.stdout.strip()}")
+                say(f"agent started detached: {escape(started.stdout.strip())}")
                 try:
                     result.agent_pid = int(started.stdout.strip().split()[-1])
                 except (ValueError, IndexError):
                     result.agent_pid = None
+    result.runtime_venv = has_runtime_venv
     return result

@@ -16,7 +16,7 @@ from pathlib import Path
 from edgefleet.deploy.remote_fs import remote_free_bytes, remote_fsync, remote_sha256
 from edgefleet.errors import DeployError, TransportError
 from edgefleet.digest import sha256_file
-from edgefleet.transport.base import Progress, Transport, TransportUnavailable
+from edgefleet.transport.base import HashingPut, Progress, Transport, TransportUnavailable
 
 
 
@@ -48,11 +48,13 @@ file_sha256 = sha256_file
 
 def upload_verified(transport: Transport, local: Path, remote: str, *, sha256: str, retries: int = 4,
                     backoff_s: float = 1.0, progress: Progress | None = None,
-                    sleep: Callable[[float], None] = time.sleep) -> UploadResult:
+                    sleep: Callable[[float], None] = time.sleep,
+                    on_retry: Callable[[int, float, Exception], None] | None = None) -> UploadResult:
     """Make ``remote`` on the device hold exactly ``local`` (whose sha256 is ``sha256``).
 
     Sends nothing when the device already has it. A lost connection is retried up to
-    ``retries`` times, reconnecting after ``backoff_s``, then twice that, and so on.
+    ``retries`` times, reconnecting after ``backoff_s``, then twice that, and so on;
+    ``on_retry(attempt, wait_s, error)`` hears about each retry before its wait.
     """
     local = Path(local)
     if not local.is_file():
@@ -63,7 +65,10 @@ def upload_verified(transport: Transport, local: Path, remote: str, *, sha256: s
     last_error: Exception | None = None
     for attempt in range(retries + 1):
         if attempt:
-            sleep(backoff_s * 2 ** (attempt - 1))
+            wait = backoff_s * 2 ** (attempt - 1)
+            if on_retry is not None and last_error is not None:
+                on_retry(attempt, wait, last_error)
+            sleep(wait)
             try:
                 transport.close()
                 transport.connect()
@@ -111,9 +116,7 @@ class _Upload:
                               f"choose another workdir.")
         temp = temp_name(remote)
         self.temps.append(temp)
-        t.put(self.local, temp, progress=self._counting())
-        remote_fsync(t, temp)
-        got = remote_sha256(t, temp)
+        got = self._send(temp)
         if got != self.sha256:
             if file_sha256(self.local) != self.sha256:
                 raise DeployError(f"{self.local} does not have the expected sha256 {self.sha256}: the local "
@@ -122,6 +125,17 @@ class _Upload:
         t.run(["mv", "-f", "--", temp, remote])
         self.temps.remove(temp)
         return UploadResult(self.sent, skipped=False, attempts=number)
+
+    def _send(self, temp: str) -> str | None:
+        """Put the file at ``temp``, flushed to the device's storage; the sha256 the device reads there."""
+        t = self.transport
+        if isinstance(t, HashingPut):
+            got = t.put_hashed(self.local, temp, progress=self._counting())
+            if got is not None:
+                return got
+        t.put(self.local, temp, progress=self._counting())
+        remote_fsync(t, temp)
+        return remote_sha256(t, temp)
 
     def _counting(self) -> Progress:
         base = self.sent

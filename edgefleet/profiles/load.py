@@ -49,6 +49,11 @@ def _load_raw(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, Any], Sourc
     where = smap.value_at(("extends",)) or smap.nearest(("extends",))
     if not isinstance(base_name, str) or not base_name:
         raise ConfigError(f"{where}: extends must name another profile file, e.g. '_base'")
+    stem = base_name.removeprefix("builtin:")
+    # A name, never a path: a shared profile must not pull in files from elsewhere on the disk.
+    if not stem or any(c in stem for c in "/\\\0") or stem.startswith("."):
+        raise ConfigError(f"{where}: extends {base_name!r} must name a profile beside this one (e.g. '_base') "
+                          f"or a built-in one ('builtin:local'), not a path")
     # "builtin:NAME" names a profile embedded in edgefleet; a plain name looks beside the file first.
     if base_name.startswith("builtin:"):
         candidates = [BUILTIN_DIR / f"{base_name.removeprefix('builtin:')}.yaml"]

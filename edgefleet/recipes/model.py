@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
 
 from edgefleet.profiles.model import NAME_PATTERN
 
@@ -84,15 +84,25 @@ class Task(Strict):
         return self
 
 
+def _inside_recipe_folder(value: str) -> str:
+    if value.startswith("/") or ".." in value.replace("\\", "/").split("/") or "\0" in value:
+        raise ValueError(f"{value!r} must be a path inside the recipe folder (no absolute path, no '..')")
+    return value
+
+
 class Calibration(Strict):
     path: str = Field(description="A .npy of raw uint8 images (N,H,W,3), or a folder of images.")
     samples: int = Field(100, ge=1, le=10_000)
+
+    _inside = field_validator("path")(_inside_recipe_folder)
 
 
 class Evaluation(Strict):
     kind: Literal["coco", "labels"]
     annotations: str = Field(description="COCO json (detection) or a labels file (classification).")
     images: str
+
+    _inside = field_validator("annotations", "images")(_inside_recipe_folder)
 
 
 class Recipe(Strict):

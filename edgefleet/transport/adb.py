@@ -22,6 +22,8 @@ from edgefleet.transport.base import (
     TransportUnavailable,
     check_argv,
     command_failed,
+    command_limit,
+    shown_command,
 )
 from edgefleet.transport.connections import AdbConnection
 
@@ -108,8 +110,8 @@ class AdbTransport(TransportBase):
     def _adb(self, *args: str, timeout: float, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
         return self._call(adb_argv(self.connection.adb_path, self.serial, *args), timeout=timeout, stdin=stdin)
 
-    def _call(self, argv: list[str], *, timeout: float,
-              stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    def _call(self, argv: list[str], *, timeout: float, stdin: bytes | None = None,
+              label: str | None = None) -> subprocess.CompletedProcess[bytes]:
         if shutil.which(argv[0]) is None:
             raise TransportError(f"{self.describe()}: {argv[0]!r} not found: install the Android platform tools "
                                  f"(Debian/Ubuntu: `apt-get install adb`) or set transport.adb_path")
@@ -117,12 +119,13 @@ class AdbTransport(TransportBase):
             return subprocess.run(argv, input=stdin if stdin is not None else b"", capture_output=True,
                                   timeout=timeout, check=False)
         except subprocess.TimeoutExpired as err:
-            raise CommandTimeout(f"{self.describe()}: command timeout ({timeout:g}s) expired running: "
-                                 f"{shlex.join(argv)}") from err
+            raise CommandTimeout(f"{self.describe()}: command timeout ({label or f'{timeout:g}s'}) expired running: "
+                                 f"{shown_command(shlex.join(argv))}") from err
 
     def connect(self) -> None:
         proc = self._call(adb_argv(self.connection.adb_path, None, "devices"),
-                          timeout=self.connection.connect_timeout_s)
+                          timeout=self.connection.connect_timeout_s,
+                          label=f"{self.connection.connect_timeout_s:g}s, transport.connect_timeout_s")
         if proc.returncode != 0:
             raise TransportError(f"{self.describe()}: `adb devices` failed: "
                                  f"{proc.stderr.decode('utf-8', 'replace').strip()}")
@@ -136,8 +139,9 @@ class AdbTransport(TransportBase):
     def run(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True,
             stdin: bytes | None = None) -> RunResult:
         args = check_argv(argv)
-        limit = timeout if timeout is not None else self.connection.command_timeout_s
-        proc = self._call(shell_argv(self.connection.adb_path, self.serial, args), timeout=limit, stdin=stdin)
+        limit, label = command_limit(timeout, self.connection.command_timeout_s)
+        proc = self._call(shell_argv(self.connection.adb_path, self.serial, args), timeout=limit, stdin=stdin,
+                          label=label)
         result = RunResult(proc.returncode, proc.stdout.decode("utf-8", "replace"),
                            proc.stderr.decode("utf-8", "replace"))
         self._raise_if_lost(result.stderr)
@@ -159,7 +163,8 @@ class AdbTransport(TransportBase):
                        f"download of {remote} to {local}")
 
     def _transfer(self, argv: list[str], what: str) -> None:
-        proc = self._call(argv, timeout=self.connection.command_timeout_s)
+        proc = self._call(argv, timeout=self.connection.command_timeout_s,
+                          label=f"{self.connection.command_timeout_s:g}s, transport.command_timeout_s")
         stderr = proc.stderr.decode("utf-8", "replace")
         self._raise_if_lost(stderr)
         if proc.returncode != 0:

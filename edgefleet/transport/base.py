@@ -52,6 +52,22 @@ class RemoteCommandError(TransportError):
         super().__init__(message)
 
 
+def command_limit(timeout: float | None, setting: float) -> tuple[float, str]:
+    """The limit for one remote command, and how a timeout message names it.
+
+    ``transport.command_timeout_s`` bounds every command; a call may ask for a shorter limit
+    (a status query), never a longer one, so the profile setting is the one knob for a slow device.
+    """
+    if timeout is not None and timeout < setting:
+        return timeout, f"{timeout:g}s"
+    return setting, f"{setting:g}s, transport.command_timeout_s"
+
+
+def shown_command(command: str, limit: int = 200) -> str:
+    """A command line short enough for a message (the facts probe is a whole program)."""
+    return command if len(command) <= limit else command[:limit] + f"... ({len(command)} chars)"
+
+
 def stderr_tail(text: str, lines: int = STDERR_TAIL_LINES) -> str:
     tail = text.strip().splitlines()[-lines:]
     return "\n".join("  | " + line for line in tail)
@@ -102,6 +118,16 @@ class Transport(Protocol):
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None: ...
+
+
+@runtime_checkable
+class HashingPut(Protocol):
+    """A transport that can hash a file on the device while writing it there (one pass, not two)."""
+
+    def put_hashed(self, local: Path, remote: str, *, progress: Progress | None = None) -> str | None:
+        """Upload, fsync, and return the sha256 the device computed of what it wrote; None when the
+        device lacks the tools for it (then use put and hash the file afterwards)."""
+        ...
 
 
 class TransportBase:

@@ -14,7 +14,8 @@ class _Connection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     connect_timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for the device to answer.")
-    command_timeout_s: float = Field(600.0, gt=0, description="Default limit for one remote command.")
+    command_timeout_s: float = Field(
+        600.0, gt=0, description="Limit for any one remote command (a quick query may use a shorter one).")
 
 
 class SshConnection(_Connection):

@@ -14,9 +14,15 @@ from pathlib import Path
 import paramiko
 from paramiko.hostkeys import HostKeyEntry
 
+from edgefleet.errors import TransportError
+
 SYSTEM_KNOWN_HOSTS = Path("/etc/ssh/ssh_known_hosts")
 
 _append_lock = threading.Lock()
+
+
+class HostKeyError(TransportError):
+    """The device's host key is unknown (and trust on first use is off) or differs from known_hosts."""
 
 
 class UnknownHostKey(paramiko.SSHException):

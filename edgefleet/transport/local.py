@@ -14,6 +14,8 @@ from edgefleet.transport.base import (
     TransportBase,
     check_argv,
     command_failed,
+    command_limit,
+    shown_command,
 )
 from edgefleet.transport.connections import LocalConnection
 
@@ -39,13 +41,13 @@ class LocalTransport(TransportBase):
     def run(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True,
             stdin: bytes | None = None) -> RunResult:
         args = check_argv(argv)
-        limit = timeout if timeout is not None else self.connection.command_timeout_s
+        limit, label = command_limit(timeout, self.connection.command_timeout_s)
         try:
             proc = subprocess.run(args, input=stdin if stdin is not None else b"", capture_output=True,
                                   timeout=limit, check=False)
         except subprocess.TimeoutExpired as err:
-            raise CommandTimeout(f"{self.describe()}: command timeout ({limit:g}s) expired running: "
-                                 f"{shlex.join(args)}") from err
+            raise CommandTimeout(f"{self.describe()}: command timeout ({label}) expired running: "
+                                 f"{shown_command(shlex.join(args))}") from err
         except (FileNotFoundError, PermissionError) as err:
             result = RunResult(_NOT_FOUND, "", f"{args[0]}: {err.strerror}")
         else:
