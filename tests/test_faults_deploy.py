@@ -16,13 +16,16 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ from edgefleet.api.context import Env
 from edgefleet.api.deploy import DeployOptions, DeployOutcome, deploy, follow_run
 from edgefleet.api.resume import ResumeOptions, resume
 from edgefleet.console import make_console
+from edgefleet.deploy.lock import DeviceLock
 from edgefleet.deploy.plan import ProvisionRuntime
 from edgefleet.deploy.devices import fleet_dir
 from edgefleet.deploy.upload import file_sha256
@@ -45,8 +49,9 @@ from edgefleet.fleet import DeviceSpec, EmulatedFleet
 from edgefleet.fleet import sshd
 from edgefleet.fleet.keys import generate_keypair
 from edgefleet.runs import RunRecord, load_runs
-from edgefleet.transport.base import CommandTimeout, TransportUnavailable
+from edgefleet.transport.base import CommandTimeout, RunResult, TransportUnavailable
 from edgefleet.transport.hostkeys import HostKeyError
+from edgefleet.transport.local import LocalTransport
 from edgefleet.transport.registry import open_transport
 from edgefleet.workspace import open_workspace
 from fleet_fixtures import require_fleet_tools
@@ -311,6 +316,32 @@ def test_r6_a_waiting_deploy_follows_without_resending_or_reprovisioning(ws: Wor
     assert record.python.endswith("/runtime/venv/bin/python")
 
 
+class ReleasedInTheGap(LocalTransport):
+    """This host as the device, with the holder releasing the lock exactly between a waiter's failed
+    ``mkdir`` and its ``test -d``: the window the first deploy above hits by chance, made certain."""
+
+    def __init__(self, lock: Path) -> None:
+        super().__init__(name="gap")
+        self.lock = lock
+        self.released = False
+
+    def run(self, argv: Sequence[str], **kwargs: Any) -> RunResult:
+        result = super().run(argv, **kwargs)
+        if list(argv[:2]) == ["mkdir", "--"] and result.returncode != 0 and not self.released:
+            shutil.rmtree(self.lock)
+            self.released = True
+        return result
+
+
+def test_r6_a_lock_released_mid_check_is_taken_not_reported_as_an_error(tmp_path: Path) -> None:
+    holder = DeviceLock(LocalTransport(name="first"), str(tmp_path), "run-first")
+    holder.acquire()
+    waiter = ReleasedInTheGap(tmp_path / ".lock")
+    with DeviceLock(waiter, str(tmp_path), "run-waiting", wait_s=5, poll_s=0.1):
+        assert waiter.released
+        assert json.loads((tmp_path / ".lock" / "holder.json").read_text())["run_id"] == "run-waiting"
+
+
 # -- R2, R7, R9 on the provisioned device -----------------------------------------------
 
 def _run_dir(ws: Workspace, run_id: str) -> Path:
@@ -378,6 +409,20 @@ def test_r2_killed_agent_is_interrupted_keeps_finished_cells_and_resumes(ws: Wor
         count = db.execute("SELECT COUNT(*) FROM cells WHERE run_id = ? AND status = 'ok'",
                            (started.run_id,)).fetchone()[0]
     assert state == "done" and count == 2 and raw == kept_raw
+
+
+def test_r2_a_kill_between_a_line_and_its_status_still_counts_the_cell(tmp_path: Path) -> None:
+    """The window the test above may hit by chance: the line is fsynced, status.json not yet rewritten."""
+    from edgefleet.agent.agent import status_command
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "status.json").write_text(json.dumps({"state": "running", "pid": dead.pid, "cells_done": 0,
+                                                      "cells_total": 2, "current_cell": "a"}))
+    (tmp_path / "results.jsonl").write_text(json.dumps({"cell": "a", "status": "ok"}) + "\n" + '{"cell": "b", "st')
+    status = status_command(str(tmp_path))
+    assert (status["state"], status["cells_done"]) == ("interrupted", 1)
+    assert (tmp_path / "results.jsonl").read_text().endswith('"st')  # a status query changes nothing
 
 
 def test_r2_a_running_run_is_not_resumed_twice(ws: Workspace, first_deploy: FirstDeploy) -> None:

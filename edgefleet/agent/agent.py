@@ -907,7 +907,26 @@ def status_command(run_dir):
     if status.get("state") == "running" and not lock_is_held(run_dir) and not pid_alive(status.get("pid")):
         status["state"] = "interrupted"
         status["reason"] = "agent process {} is gone while the run was in progress".format(status.get("pid"))
+        # A kill between appending a cell's line and rewriting status.json leaves cells_done one short.
+        status["cells_done"] = max(status.get("cells_done") or 0, finished_cells(run_dir))
     return status
+
+
+def finished_cells(run_dir):
+    # type: (str) -> int
+    """How many cells have a complete line in results.jsonl. Read only: a partial last line is left alone."""
+    try:
+        with open(os.path.join(run_dir, RESULTS_FILE), "rb") as handle:
+            data = handle.read()
+    except (IOError, OSError):
+        return 0
+    cells = set()  # type: Set[str]
+    for raw in data[:data.rfind(b"\n") + 1].splitlines():
+        try:
+            cells.add(str(json.loads(raw.decode("utf-8"))["cell"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return len(cells)
 
 
 def _self_command():

@@ -74,6 +74,7 @@ class DeviceLock:
             raise DeployError(f"{t.describe()}: cannot create the workdir {self.workdir}: "
                               f"{made.stderr.strip() or 'mkdir failed'}")
         deadline = time.monotonic() + self.wait_s
+        vanished = False
         while True:
             attempt = t.run(["mkdir", "--", self.path], check=False)
             if attempt.returncode == 0:
@@ -83,8 +84,13 @@ class DeviceLock:
                 self.held = True
                 return holder
             if t.run(["test", "-d", self.path], check=False).returncode != 0:
+                # Released between our mkdir and this check: try again at once. Twice in a row is an error.
+                if not vanished:
+                    vanished = True
+                    continue
                 raise DeployError(f"{t.describe()}: cannot create the lock {self.path}: "
                                   f"{attempt.stderr.strip() or 'mkdir failed'}")
+            vanished = False
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeviceBusyError(self._busy_message(read_holder(t, self.workdir)))
