@@ -88,14 +88,18 @@ def run_command(argv: Sequence[str], *, cwd: Path | None = None, env: Mapping[st
 
 
 def interleaved(commands: Mapping[str, Callable[[], float]], *, runs: int = MIN_RUNS,
-                warmup: int = 1) -> dict[str, tuple[float, ...]]:
-    """Run each measurement in turn, ``runs`` rounds: drift in the machine's load hits all of them alike."""
+                warmup: int = 1, alternate: bool = False) -> dict[str, tuple[float, ...]]:
+    """Run each measurement in turn, ``runs`` rounds: drift in the machine's load hits all of them alike.
+    ``alternate`` reverses the order every other round (ABBA), so neither always goes first."""
     for _ in range(warmup):
         for measure in commands.values():
             measure()
     samples: dict[str, list[float]] = {name: [] for name in commands}
-    for _ in range(runs):
-        for name, measure in commands.items():
+    for round_ in range(runs):
+        order = list(commands.items())
+        if alternate and round_ % 2:
+            order.reverse()
+        for name, measure in order:
             samples[name].append(measure())
     return {name: tuple(values) for name, values in samples.items()}
 

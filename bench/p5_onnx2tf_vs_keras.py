@@ -3,10 +3,11 @@
 In a throwaway workspace the bundled detector is built to TFLite fp32 (`tflite.convert`) and to ONNX
 (`onnx.from_tf`, tf2onnx); that ONNX becomes the source of a second recipe, built to TFLite fp32 by
 `onnx2tf.convert`. Same network, same weights, two paths. Latency: a bare `interpreter.invoke()` loop
-in a fresh process per measurement, the two models alternating. TRANSPOSE ops: the artifact reports.
-Targets: onnx2tf latency <= 1.05x native, and no TRANSPOSE beyond what the native model has.
+in a fresh process per measurement, the two models alternating (15 pairs by default). TRANSPOSE ops:
+the artifact reports. Targets: the median pairwise latency ratio onnx2tf / native <= 1.05, and no
+TRANSPOSE beyond what the native model has.
 
-    .venv/bin/python bench/p5_onnx2tf_vs_keras.py [--runs 5] [--iterations 500] [--threads 1] [--json out.json]
+    .venv/bin/python bench/p5_onnx2tf_vs_keras.py [--runs 15] [--iterations 500] [--threads 1] [--json out.json]
 
 Takes ~2 min (three conversions, then the timing).
 """
@@ -60,7 +61,7 @@ def build_both(root: Path) -> tuple[dict, dict]:
 
 
 def main() -> None:
-    parser = arguments(__doc__.splitlines()[0])
+    parser = arguments(__doc__.splitlines()[0], runs=15)
     parser.add_argument("--iterations", type=int, default=500, help="timed invokes per process")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
@@ -80,12 +81,15 @@ def main() -> None:
                                   str(args.iterations)], check=True, capture_output=True, text=True, timeout=600)
             return float(json.loads(out.stdout.strip().splitlines()[-1])["p50_ms"])
 
-        samples = interleaved({"native": lambda: p50("native"), "onnx2tf": lambda: p50("onnx2tf")}, runs=runs)
+        samples = interleaved({"native": lambda: p50("native"), "onnx2tf": lambda: p50("onnx2tf")}, runs=runs,
+                              alternate=True)
         base = report.add(Series("Keras->TFLite (tflite.convert), p50 per process", samples["native"], "ms"))
         other = report.add(Series("ONNX->TFLite (onnx2tf.convert), p50 per process", samples["onnx2tf"], "ms"))
-        report.add(Series("onnx2tf ÷ native, pairwise",
-                          tuple(o / n for o, n in zip(samples["onnx2tf"], samples["native"], strict=True)), "ratio"))
+        # Pairs measured back to back see the same load on this shared host; the median pair is the verdict.
+        paired = report.add(Series("onnx2tf ÷ native, pairwise", tuple(
+            o / n for o, n in zip(samples["onnx2tf"], samples["native"], strict=True)), "ratio"))
         report.ratios["onnx2tf ÷ native (medians)"] = other.median / base.median
+        report.ratios["onnx2tf ÷ native (median of pairs)"] = paired.median
         transposes = {name: m["report"].get("transpose_count") for name, m in
                       (("native", native), ("onnx2tf", converted))}
         for name, m in (("native", native), ("onnx2tf", converted)):
@@ -96,7 +100,7 @@ def main() -> None:
                                        f"{[i.get('shape') for i in r.get('inputs', [])]}, fidelity passed "
                                        f"{r.get('fidelity', {}).get('passed')}")
         report.facts["ops that differ"] = op_difference(native["report"].get("ops"), converted["report"].get("ops"))
-        report.check(f"onnx2tf latency <= {LIMIT}x native", report.ratios["onnx2tf ÷ native (medians)"] <= LIMIT)
+        report.check(f"onnx2tf latency <= {LIMIT}x native (median of pairs)", paired.median <= LIMIT)
         report.check(f"no extra TRANSPOSE ({transposes['onnx2tf']} vs {transposes['native']})",
                      transposes["onnx2tf"] is not None and transposes["onnx2tf"] <= (transposes["native"] or 0))
         report.print(baseline=base)
