@@ -12,6 +12,7 @@ from types import TracebackType
 
 from pydantic import BaseModel, ValidationError
 
+from edgefleet.fleet.system import pid_alive
 from edgefleet.errors import DeployError, DeviceBusyError
 from edgefleet.transport.base import Transport
 
@@ -114,7 +115,7 @@ class DeviceLock:
             return f"{name} busy: locked by another run that is still starting ({self.path}); {how}"
         where = f"{holder.user}@{holder.host}, pid {holder.pid}"
         stale = ""
-        if holder.host == socket.gethostname() and not _pid_alive(holder.pid):
+        if holder.host == socket.gethostname() and not pid_alive(holder.pid):
             stale = f"; pid {holder.pid} no longer runs on this host, so the lock looks stale"
         return f"{name} busy: held by run {holder.run_id} since {holder.started} ({where}{stale}); {how}"
 
@@ -126,12 +127,3 @@ class DeviceLock:
                  tb: TracebackType | None) -> None:
         self.release()
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
