@@ -49,7 +49,8 @@ def main() -> None:
         # Short timed sections (one cell, 50 runs) keep the queue on the shared lock short.
         add_device_profiles(root, names, warmup=5, min_runs=50, max_runs=50)
         devices = {n: fleet.device(n) for n in names}
-        rounds: list[list[tuple[Any, Any]]] = []   # (device, outcome) of every deploy, for the overlap check
+        rounds: list[list[tuple[Any, Any]]] = []   # (device, outcome) of every deploy
+        records: list[tuple[str, dict]] = []        # (device, results.jsonl line) of every run, for the overlap check
         usage: dict[int, list[tuple[float, float]]] = {}  # devices -> (host cores busy, orchestrator CPU s)
 
         def deploy_to(group: list[str]) -> float:
@@ -66,6 +67,8 @@ def main() -> None:
                 status = wait_for_run(device, outcome)
                 if status.get("state") != "done":
                     raise SystemExit(f"the run on {outcome.device} ended {status}")
+                # Read now: a later round may wipe the device's runs/.
+                records.extend((device.name, r) for r in read_results(device, outcome))
             rounds.append(done)
             return elapsed
 
@@ -108,13 +111,20 @@ def main() -> None:
                 own = statistics.median(v[1] for v in values) / count
                 report.facts[f"{scenario}, {count} device(s): host cores busy / orchestrator CPU per deploy"] = \
                     f"{cores:.2f} of {os.cpu_count()} / {own:.3f} s"
+            # Every emulated device computes on this host: N deploys need N times one deploy's CPU time
+            # (orchestrator, sshd, the device-side Pythons), and two cores give at most two seconds of it
+            # per second. (Host-wide: another job's load counts too, so this errs high.)
+            one_deploy = statistics.median(v[0] for v in usage[1]) * single.median
+            bound = args.devices * one_deploy / (os.cpu_count() or 1)
+            report.facts[f"{scenario}: CPU of one deploy, all processes / {args.devices} devices' lower bound"] = \
+                f"{one_deploy:.2f} core-s / {bound:.2f} s = {bound / single.median:.1f}x one device"
             sent = [o.applied.sent_bytes for group in rounds[first_round:] for _, o in group if o.applied]
             report.facts[f"{scenario}: bytes sent per device deploy (min..max)"] = f"{min(sent):,}..{max(sent):,}"
             if keep is None or "runtime" in keep:
                 report.check(f"{scenario}: {args.devices} devices <= {LIMIT}x one device's wall time",
                              parallel.median <= LIMIT * single.median)
 
-        overlaps, sections, waited = timed_sections(rounds)
+        overlaps, sections, waited = timed_sections(records)
         report.facts["timed sections checked / overlapping pairs"] = f"{sections} / {overlaps}"
         report.facts["agents that waited for the host lock"] = waited
         report.facts["exclusive lock"] = lock_of(rounds)
@@ -135,20 +145,19 @@ def own_cpu() -> float:
     return t.user + t.system
 
 
-def timed_sections(rounds: list[list[tuple[Any, Any]]]) -> tuple[int, int, str]:
-    """Overlapping pairs among every cell's [timed_start, timed_end] (all devices share this host)."""
+def timed_sections(records: list[tuple[str, dict]]) -> tuple[int, int, str]:
+    """Overlapping neighbours among every cell's [timed_start, timed_end] (all devices share this host).
+    Sorted by start, any overlap at all shows up between neighbours, so 0 means none."""
     spans = []
     waited = 0
-    for group in rounds:
-        for device, outcome in group:
-            for record in read_results(device, outcome):
-                if record.get("status") != "ok":
-                    raise SystemExit(f"{device.name}: cell {record['cell']} {record['status']}: {record['reason']}")
-                if "timed_start" not in record:
-                    raise SystemExit("the agent does not record timed_start/timed_end: no proof possible")
-                spans.append((datetime.fromisoformat(record["timed_start"]),
-                              datetime.fromisoformat(record["timed_end"]), device.name))
-                waited += 1 if (record.get("exclusive_wait_ms") or 0) > 1.0 else 0
+    for device, record in records:
+        if record.get("status") != "ok":
+            raise SystemExit(f"{device}: cell {record['cell']} {record['status']}: {record['reason']}")
+        if "timed_start" not in record:
+            raise SystemExit("the agent does not record timed_start/timed_end: no proof possible")
+        spans.append((datetime.fromisoformat(record["timed_start"]), datetime.fromisoformat(record["timed_end"]),
+                      device))
+        waited += 1 if (record.get("exclusive_wait_ms") or 0) > 1.0 else 0
     spans.sort()
     overlaps = sum(1 for a, b in zip(spans, spans[1:]) if b[0] < a[1])
     return overlaps, len(spans), f"{waited} of {len(spans)} cells"

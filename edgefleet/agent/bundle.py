@@ -28,9 +28,10 @@ _FIXED_MTIME = 315532800 + 86400
 
 MAIN_PY = '''import sys
 
-if sys.argv[1:2] in (["start"], ["status"]):
-    # These two only read JSON and fork, and deploy waits on them: numpy (a fifth of a second here,
-    # more on a board) is imported on first use instead. `run` and `version` import it as ever.
+if sys.argv[1:2] in (["start"], ["status"], ["run"]):
+    # numpy (a fifth of a second here, more on a board) is imported on first use, not at start-up:
+    # `start` and `status` never use it, and deploy waits for them, and for `run` to take its run lock.
+    # `run` then loads it right after that (before any cell), so nothing timed changes.
     import importlib
     import types
 
