@@ -316,30 +316,33 @@ def test_r6_a_waiting_deploy_follows_without_resending_or_reprovisioning(ws: Wor
     assert record.python.endswith("/runtime/venv/bin/python")
 
 
-class ReleasedInTheGap(LocalTransport):
-    """This host as the device, with the holder releasing the lock exactly between a waiter's failed
-    ``mkdir`` and its ``test -d``: the window the first deploy above hits by chance, made certain."""
+def released_in_the_gap(bin_dir: Path, lock: Path, done: Path) -> None:
+    """A ``mkdir`` for PATH that, the first time the lock's mkdir fails, removes the lock: the holder
+    releasing exactly between a waiter's failed mkdir and its ``test -d``, the window the first deploy
+    above hits by chance, made certain."""
+    real = shutil.which("mkdir")
+    bin_dir.mkdir()
+    wrapper = bin_dir / "mkdir"
+    wrapper.write_text(f"""#!/bin/sh
+{real} "$@" && exit 0
+status=$?
+if [ "$*" = "-- {lock}" ] && [ ! -e {done} ]; then rm -rf -- {lock}; : > {done}; fi
+exit $status
+""")
+    wrapper.chmod(0o755)
 
-    def __init__(self, lock: Path) -> None:
-        super().__init__(name="gap")
-        self.lock = lock
-        self.released = False
 
-    def run(self, argv: Sequence[str], **kwargs: Any) -> RunResult:
-        result = super().run(argv, **kwargs)
-        if list(argv[:2]) == ["mkdir", "--"] and result.returncode != 0 and not self.released:
-            shutil.rmtree(self.lock)
-            self.released = True
-        return result
-
-
-def test_r6_a_lock_released_mid_check_is_taken_not_reported_as_an_error(tmp_path: Path) -> None:
-    holder = DeviceLock(LocalTransport(name="first"), str(tmp_path), "run-first")
+def test_r6_a_lock_released_mid_check_is_taken_not_reported_as_an_error(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    workdir = tmp_path / "work"
+    holder = DeviceLock(LocalTransport(name="first"), str(workdir), "run-first")
     holder.acquire()
-    waiter = ReleasedInTheGap(tmp_path / ".lock")
-    with DeviceLock(waiter, str(tmp_path), "run-waiting", wait_s=5, poll_s=0.1):
-        assert waiter.released
-        assert json.loads((tmp_path / ".lock" / "holder.json").read_text())["run_id"] == "run-waiting"
+    released = tmp_path / "released"
+    released_in_the_gap(tmp_path / "bin", workdir / ".lock", released)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    with DeviceLock(LocalTransport(name="gap"), str(workdir), "run-waiting", wait_s=5, poll_s=0.1):
+        assert released.exists()
+        assert json.loads((workdir / ".lock" / "holder.json").read_text())["run_id"] == "run-waiting"
 
 
 # -- R2, R7, R9 on the provisioned device -----------------------------------------------

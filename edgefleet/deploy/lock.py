@@ -37,15 +37,37 @@ def lock_dir(workdir: str) -> str:
     return posixpath.join(workdir, LOCK_DIR)
 
 
+# Each is one round trip (deploy pays a process start on the device per command).
+# $1 workdir, $2 lock dir, $3 holder file name; the holder JSON on stdin. A lock released between a
+# failed mkdir and the check is tried again at once; twice in a row is an error.
+# Exit 0: acquired. 1: busy, the holder JSON (if written yet) on stdout. 3: no workdir. 4: cannot lock.
+_ACQUIRE = """\
+mkdir -p -- "$1" || exit 3
+for attempt in 1 2; do
+  if failed=$(mkdir -- "$2" 2>&1); then cat > "$2/$3"; exit 0; fi
+  if test -d "$2"; then cat -- "$2/$3" 2>/dev/null; exit 1; fi
+done
+echo "$failed" >&2
+exit 4
+"""
+_ACQUIRED, _BUSY, _NO_WORKDIR = 0, 1, 3
+# $1 lock dir, $2 holder file name, $3 '"run_id":"<ours>"': removed unless another run holds it.
+_RELEASE = """\
+if test ! -s "$1/$2" || grep -qF -- "$3" "$1/$2"; then rm -rf -- "$1"; fi
+"""
+
+
+def _parse_holder(text: str) -> LockHolder | None:
+    try:
+        return LockHolder.model_validate(json.loads(text))
+    except (ValueError, ValidationError):
+        return None
+
+
 def read_holder(transport: Transport, workdir: str) -> LockHolder | None:
     """Who holds the device's lock; None when nobody does or the holder file is not written yet."""
     result = transport.run(["cat", "--", posixpath.join(lock_dir(workdir), HOLDER_FILE)], check=False)
-    if result.returncode != 0:
-        return None
-    try:
-        return LockHolder.model_validate(json.loads(result.stdout))
-    except (ValueError, ValidationError):
-        return None
+    return _parse_holder(result.stdout) if result.returncode == 0 else None
 
 
 def break_lock(transport: Transport, workdir: str) -> LockHolder | None:
@@ -70,42 +92,32 @@ class DeviceLock:
 
     def acquire(self) -> LockHolder:
         t = self.transport
-        made = t.run(["mkdir", "-p", "--", self.workdir], check=False)
-        if made.returncode != 0:
-            raise DeployError(f"{t.describe()}: cannot create the workdir {self.workdir}: "
-                              f"{made.stderr.strip() or 'mkdir failed'}")
+        holder = LockHolder.current(self.run_id)
         deadline = time.monotonic() + self.wait_s
-        vanished = False
         while True:
-            attempt = t.run(["mkdir", "--", self.path], check=False)
-            if attempt.returncode == 0:
-                holder = LockHolder.current(self.run_id)
-                t.run(["tee", "--", posixpath.join(self.path, HOLDER_FILE)],
-                      stdin=holder.model_dump_json().encode())
+            attempt = t.run(["sh", "-c", _ACQUIRE, "sh", self.workdir, self.path, HOLDER_FILE],
+                            stdin=holder.model_dump_json().encode(), check=False)
+            if attempt.returncode == _ACQUIRED:
                 self.held = True
                 return holder
-            if t.run(["test", "-d", self.path], check=False).returncode != 0:
-                # Released between our mkdir and this check: try again at once. Twice in a row is an error.
-                if not vanished:
-                    vanished = True
-                    continue
-                raise DeployError(f"{t.describe()}: cannot create the lock {self.path}: "
+            if attempt.returncode == _NO_WORKDIR:
+                raise DeployError(f"{t.describe()}: cannot create the workdir {self.workdir}: "
                                   f"{attempt.stderr.strip() or 'mkdir failed'}")
-            vanished = False
+            if attempt.returncode != _BUSY:
+                raise DeployError(f"{t.describe()}: cannot create the lock {self.path}: "
+                                  f"{attempt.stderr.strip() or f'exit {attempt.returncode}'}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise DeviceBusyError(self._busy_message(read_holder(t, self.workdir)))
+                raise DeviceBusyError(self._busy_message(_parse_holder(attempt.stdout)))
             time.sleep(min(self.poll_s, remaining))
 
     def release(self) -> None:
         if not self.held:
             return
         self.held = False
-        holder = read_holder(self.transport, self.workdir)
-        # Someone broke our lock and took the device: theirs now, leave it.
-        if holder is not None and holder.run_id != self.run_id:
-            return
-        self.transport.run(["rm", "-rf", "--", self.path], check=False)
+        # Someone broke our lock and took the device: theirs now, left alone (the script checks the holder).
+        needle = json.dumps({"run_id": self.run_id}, separators=(",", ":"), ensure_ascii=False)[1:-1]
+        self.transport.run(["sh", "-c", _RELEASE, "sh", self.path, HOLDER_FILE, needle], check=False)
 
     def _busy_message(self, holder: LockHolder | None) -> str:
         name = self.transport.name
