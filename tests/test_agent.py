@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from agent_fixtures import (FAST_BENCH, AgentRun, Models, agent_status, main_cel
                             wait_for, write_run)
 
 from edgefleet.agent import agent as agent_module
+from edgefleet.agent.agent import RunLock
 from edgefleet.results.schema import ResultLine
 
 pytest_plugins = ["agent_fixtures"]
@@ -190,3 +193,38 @@ def test_second_agent_on_the_same_run_dir_is_refused(tmp_path: Path, agent_model
     # SIGTERM is a clean stop: the agent itself records it.
     status = wait_for(lambda: (s := agent_status(agent_pyz, run_dir))["state"] != "running" and s, 10)
     assert status["state"] == "interrupted"
+
+
+def test_start_takes_run_json_on_stdin_validates_and_writes_it(tmp_path: Path, agent_models: Models,
+                                                               agent_pyz: Path) -> None:
+    """Deploy sends run.json with `start` (one round trip): a bad config writes nothing, a running
+    agent's run.json is never replaced, a good one lands whole and the run completes."""
+    template = write_run(tmp_path / "template", agent_models, [tflite_cell(agent_models, "fp32", 1)],
+                         run_id="run-stdin")
+    config = json.loads((template / "run.json").read_text())
+    run_dir = tmp_path / "runs" / "run-stdin"
+
+    def start(text: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(agent_pyz), "start", str(run_dir), "--config", "-"],
+                              input=text, capture_output=True, text=True, timeout=120)
+
+    for bad, says in (("{not json", "not valid JSON"), (json.dumps({**config, "cells": "x"}), "cells")):
+        refused = start(bad)
+        assert refused.returncode == 2 and says in refused.stderr and "Traceback" not in refused.stderr
+        assert not run_dir.exists()
+
+    started = start(json.dumps(config))
+    assert started.returncode == 0, started.stderr
+    assert json.loads((run_dir / "run.json").read_text()) == config
+    assert not list(run_dir.glob("run.json.tmp*"))
+    status = wait_for(lambda: (s := agent_status(agent_pyz, run_dir))["state"] == "done" and s, 60)
+    assert status["cells_done"] == 1
+
+    blocker = RunLock(str(run_dir))
+    assert blocker.acquire()
+    try:
+        again = start(json.dumps({**config, "device": "someone-else"}))
+        assert again.returncode == 2 and "already running" in again.stderr
+        assert json.loads((run_dir / "run.json").read_text())["device"] == config["device"]
+    finally:
+        blocker.release()

@@ -34,6 +34,8 @@ class ApplyResult:
     runtime_venv: bool = False   # the agent runs from the provisioned venv (now or by an earlier deploy)
 
 
+RUN_FILE = "run.json"  # the agent's name for a run's config in its run folder
+
 # One round trip instead of three (each costs a process start on the device, and deploy writes several).
 _WRITE_TEXT = 'mkdir -p -- "$1" && cat > "$2" && mv -f -- "$2" "$3"'
 
@@ -78,6 +80,7 @@ def runtime_python(workdir: str, provisioned: bool, fallback: str) -> str:
 def apply_plan(plan: DeployPlan, transport: Transport, workdir: str, *, python: str = "python3",
                lock_wait_s: float = 0.0, say: Say = print, has_runtime_venv: bool = False) -> ApplyResult:
     result = ApplyResult(plan.run_id)
+    pending_config: WriteRunConfig | None = None  # sent with the StartAgent that follows it
     with DeviceLock(transport, workdir, plan.run_id, wait_s=lock_wait_s):
         folders = sorted({posixpath.dirname(a.remote) for a in plan.actions if isinstance(a, Upload)})
         if folders:
@@ -102,14 +105,24 @@ def apply_plan(plan: DeployPlan, transport: Transport, workdir: str, *, python: 
                     result.provisioned = True
                 has_runtime_venv = True
             elif isinstance(action, WriteRunConfig):
-                _write_remote_text(transport, action.remote, json.dumps(action.config, indent=2))
+                if pending_config is not None:
+                    _write_remote_text(transport, pending_config.remote, json.dumps(pending_config.config, indent=2))
+                pending_config = action
             elif isinstance(action, StartAgent):
                 agent_python = runtime_python(workdir, has_runtime_venv, python)
-                started = transport.run([agent_python, action.agent, "start", action.run_dir], timeout=60)
+                argv = [agent_python, action.agent, "start", action.run_dir]
+                config = None
+                if pending_config is not None and pending_config.remote == posixpath.join(action.run_dir, RUN_FILE):
+                    # The agent validates run.json and writes it itself: one round trip instead of two.
+                    argv, config, pending_config = [*argv, "--config", "-"], pending_config.config, None
+                started = transport.run(argv, timeout=60,
+                                        stdin=json.dumps(config).encode() if config is not None else None)
                 say(f"agent started detached: {escape(started.stdout.strip())}")
                 try:
                     result.agent_pid = int(started.stdout.strip().split()[-1])
                 except (ValueError, IndexError):
                     result.agent_pid = None
+        if pending_config is not None:
+            _write_remote_text(transport, pending_config.remote, json.dumps(pending_config.config, indent=2))
     result.runtime_venv = has_runtime_venv
     return result
