@@ -6,6 +6,8 @@ version, Python's own 3.6 grammar, and the import list.
 from __future__ import annotations
 
 import ast
+import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -17,9 +19,9 @@ from edgefleet.agent.bundle import build_agent_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT_DIR = REPO / "edgefleet" / "agent"
-DEVICE_FILES = ["__init__.py", "agent.py", "runtimes.py", "postprocess.py", "evaluate.py"]
+DEVICE_FILES = ["__init__.py", "agent.py", "runtimes.py", "postprocess.py", "evaluate.py", "launcher.py"]
 # What the device side may import at module level besides the stdlib.
-ALLOWED_THIRD_PARTY = {"numpy", "runtimes", "postprocess", "evaluate"}
+ALLOWED_THIRD_PARTY = {"numpy", "agent", "runtimes", "postprocess", "evaluate"}
 # The runtimes, imported inside runtimes.py's functions only.
 RUNTIME_MODULES = {"ai_edge_litert", "tflite_runtime", "tensorflow", "onnxruntime", "openvino", "pkg_resources"}
 
@@ -93,3 +95,54 @@ def test_bundle_holds_the_device_modules_and_is_reproducible(tmp_path: Path) -> 
                           timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert '"schema": 1' in proc.stdout and '"tflite"' in proc.stdout
+
+
+def test_first_start_unpacks_the_modules_once_so_later_starts_use_cached_bytecode(tmp_path: Path) -> None:
+    bundle = build_agent_bundle(tmp_path / "agent.pyz")
+    run_dir = tmp_path / "no-run"
+
+    # As over SSH on a board; a user's PYTHONDONTWRITEBYTECODE is respected, so it is cleared here.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+    def status() -> dict:
+        proc = subprocess.run([sys.executable, str(bundle.path), "status", str(run_dir)], capture_output=True,
+                              text=True, timeout=60, env=env)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    assert status()["state"] == "not_started"
+    folders = list((tmp_path / "agent.pyz.d").iterdir())
+    assert len(folders) == 1 and not folders[0].name.startswith(".")
+    unpacked = folders[0]
+    assert {p.name for p in unpacked.glob("*.py")} == set(bundle.modules)
+    cached = sorted(p.name.split(".")[0] for p in (unpacked / "__pycache__").glob("*.pyc"))
+    assert "agent" in cached and "runtimes" in cached
+    stamp = {p: p.stat().st_mtime_ns for p in unpacked.rglob("*")}
+    assert status()["state"] == "not_started"
+    assert {p: p.stat().st_mtime_ns for p in unpacked.rglob("*")} == stamp  # reused, not unpacked again
+
+    # A different agent gets a folder of its own; a running older agent keeps its modules.
+    (tmp_path / "src").mkdir()
+    for name in (*bundle.modules, "launcher.py"):
+        (tmp_path / "src" / name).write_bytes((AGENT_DIR / name).read_bytes())
+    with (tmp_path / "src" / "agent.py").open("a") as handle:
+        handle.write("\n# another version\n")
+    build_agent_bundle(tmp_path / "agent.pyz", source_dir=tmp_path / "src")
+    assert status()["state"] == "not_started"
+    assert len(list((tmp_path / "agent.pyz.d").iterdir())) == 2 and unpacked.is_dir()
+
+
+def test_a_read_only_device_folder_still_runs_the_agent_from_the_archive(tmp_path: Path) -> None:
+    bundle = build_agent_bundle(tmp_path / "ro" / "agent.pyz")
+    (tmp_path / "ro").chmod(0o555)
+    try:
+        # root ignores permissions, so the folder it would unpack into is blocked by a file instead
+        (tmp_path / "ro").chmod(0o755)
+        (tmp_path / "ro" / "agent.pyz.d").write_text("in the way")
+        (tmp_path / "ro").chmod(0o555)
+        proc = subprocess.run([sys.executable, str(bundle.path), "status", str(tmp_path / "r")],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["state"] == "not_started"
+    finally:
+        (tmp_path / "ro").chmod(0o755)

@@ -929,9 +929,14 @@ def finished_cells(run_dir):
     return len(cells)
 
 
+LAUNCHER = None  # type: Optional[List[str]]  # set by the zipapp's __main__: how to start it again
+
+
 def _self_command():
     # type: () -> List[str]
     """How to start this agent again: the zipapp it was loaded from, or agent.py run as a script."""
+    if LAUNCHER:
+        return list(LAUNCHER)
     here = os.path.abspath(__file__)
     # Inside a zipapp __file__ is ARCHIVE/agent.py, which is not a file of its own.
     return [sys.executable, here if os.path.isfile(here) else os.path.dirname(here)]

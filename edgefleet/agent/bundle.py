@@ -26,28 +26,7 @@ DEFAULT_INTERPRETER = "/usr/bin/env python3"
 # zip cannot store dates before 1980; a fixed date keeps the archive reproducible.
 _FIXED_MTIME = 315532800 + 86400
 
-MAIN_PY = '''import sys
-
-if sys.argv[1:2] in (["start"], ["status"], ["run"]):
-    # numpy (a fifth of a second here, more on a board) is imported on first use, not at start-up:
-    # `start` and `status` never use it, and deploy waits for them, and for `run` to take its run lock.
-    # `run` then loads it right after that (before any cell), so nothing timed changes.
-    import importlib
-    import types
-
-    class _OnFirstUse(types.ModuleType):
-        def __getattr__(self, name):
-            del sys.modules[self.__name__]
-            module = importlib.import_module(self.__name__)
-            self.__dict__.update(vars(module))
-            return getattr(module, name)
-
-    sys.modules["numpy"] = _OnFirstUse("numpy")
-
-import agent
-
-sys.exit(agent.main())
-'''
+LAUNCHER = "launcher.py"  # becomes the archive's __main__.py
 
 
 @dataclass(frozen=True)
@@ -58,7 +37,7 @@ class AgentBundle:
 
 
 def bundle_modules(source_dir: Path = AGENT_DIR) -> tuple[str, ...]:
-    missing = [name for name in REQUIRED_MODULES if not (source_dir / name).is_file()]
+    missing = [name for name in (*REQUIRED_MODULES, LAUNCHER) if not (source_dir / name).is_file()]
     if missing:
         raise DeployError(f"the agent sources are incomplete: {', '.join(missing)} missing in {source_dir}")
     optional = tuple(name for name in OPTIONAL_MODULES if (source_dir / name).is_file())
@@ -78,7 +57,7 @@ def build_agent_bundle(target: Path, *, interpreter: str | None = DEFAULT_INTERP
         staging.mkdir()
         for name in modules:
             shutil.copyfile(source_dir / name, staging / name)
-        (staging / "__main__.py").write_text(MAIN_PY, encoding="utf-8")
+        shutil.copyfile(source_dir / LAUNCHER, staging / "__main__.py")
         for child in staging.iterdir():
             os.utime(child, (_FIXED_MTIME, _FIXED_MTIME))
         # A name of its own: parallel deploys (threads or processes) each write the bundle; the bytes
