@@ -168,6 +168,7 @@ def log(message):
 
 # ---------------------------------------------------------------- run.json
 
+DEFAULT_QUIET_WAIT_S = 60.0  # how long a timed section waits for deploys on the same host to finish
 BENCH_FIELDS = (
     ("warmup_runs", int, 0), ("min_runs", int, 1), ("min_duration_s", float, 0.0),
     ("max_runs", int, 1), ("cooldown_s", float, 0.0), ("cv_threshold", float, 0.0),
@@ -256,6 +257,12 @@ def validate_run(run):
     _require(bench["cv_threshold"] > 0, "bench.cv_threshold", "must be > 0")
     _require(bench.get("exclusive_lock") is None or isinstance(bench.get("exclusive_lock"), str),
              "bench.exclusive_lock", "must be null or a path")
+    locks = bench.get("host_deploy_locks")
+    _require(locks is None or (isinstance(locks, list) and all(isinstance(p, str) and p for p in locks)),
+             "bench.host_deploy_locks", "must be null or a list of paths")
+    _require(bench.get("quiet_wait_s") is None or (_is_number(bench["quiet_wait_s"], float)
+                                                   and bench["quiet_wait_s"] >= 0),
+             "bench.quiet_wait_s", "must be a number >= 0")
     if run.get("eval") is not None:
         _check_eval(run["eval"], "eval")
     cells = run.get("cells")
@@ -354,8 +361,13 @@ class ExclusiveBench(object):
     """A blocking flock shared by every device on one physical host.
 
     Emulated devices share this host's cores: a timed run while another device is timing would
-    measure both. Deploy names the same lock file for all of them, so their timed sections queue.
+    measure both. Deploy names the same lock file for all of them, so they take turns. `run` holds it
+    for its whole run (imports, model loads and evaluation use the same cores), and each cell's
+    timed section enters it again, which is then free. Re-entrant within one process: a second
+    flock on a new descriptor of the same file would wait for the first.
     """
+
+    _held = {}  # type: Dict[str, int]  # path -> descriptor, for this process
 
     def __init__(self, path):
         # type: (Optional[str]) -> None
@@ -365,18 +377,51 @@ class ExclusiveBench(object):
 
     def __enter__(self):
         # type: () -> ExclusiveBench
-        if self.path:
+        if self.path and self.path not in ExclusiveBench._held:
             start = time.perf_counter()
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             fcntl.flock(self.fd, fcntl.LOCK_EX)
+            ExclusiveBench._held[self.path] = self.fd
             self.waited_ms = (time.perf_counter() - start) * 1000.0
         return self
 
     def __exit__(self, *exc):
         # type: (Any) -> None
         if self.fd is not None:
+            del ExclusiveBench._held[self.path]
             os.close(self.fd)  # closing releases the flock
             self.fd = None
+
+
+class QuietHost(object):
+    """Waits, before a timed section, until no deploy is in progress on any device of this host.
+
+    Deploys to the other emulated devices (sshd, uploads, hashing, the probes) run on the cores a
+    timed section is measuring. ``bench.host_deploy_locks`` lists those devices' deploy lock folders;
+    one still there after ``bench.quiet_wait_s`` is taken for a crashed deploy's and not waited for
+    again in this run (the cells say so)."""
+
+    def __init__(self, paths, wait_s):
+        # type: (Sequence[str], float) -> None
+        self.paths = list(paths)
+        self.wait_s = wait_s
+        self.ignored = set()  # type: Set[str]
+
+    def wait(self):
+        # type: () -> Tuple[float, List[str]]
+        """Milliseconds waited, and the lock folders still present (given up on)."""
+        start = time.perf_counter()
+        deadline = time.time() + self.wait_s
+        while True:
+            busy = [path for path in self.paths if path not in self.ignored and os.path.isdir(path)]
+            if not busy or time.time() >= deadline:
+                break
+            time.sleep(0.05)
+        if busy:
+            log("deploy lock(s) {} still present after {:g} s: taken as stale, not waited for again".format(
+                ", ".join(busy), self.wait_s))
+            self.ignored.update(busy)
+        return (time.perf_counter() - start) * 1000.0, sorted(self.ignored)
 
 
 class RunLock(object):
@@ -677,8 +722,8 @@ EMPTY_MEASUREMENT = {
 }
 
 
-def bench_cell(run, cell, workdir, env, run_dir=None):
-    # type: (Mapping[str, Any], Mapping[str, Any], str, Mapping[str, Any], Optional[str]) -> Dict[str, Any]
+def bench_cell(run, cell, workdir, env, run_dir=None, quiet=None):
+    # type: (Mapping[str, Any], Mapping[str, Any], str, Mapping[str, Any], Optional[str], Optional[QuietHost]) -> Dict[str, Any]
     """Measure one cell; never raises for a cell-level failure (the line says what went wrong)."""
     record = {
         "schema": SCHEMA, "agent_version": AGENT_VERSION, "run_id": run["run_id"], "device": run["device"],
@@ -707,6 +752,8 @@ def bench_cell(run, cell, workdir, env, run_dir=None):
                     path, actual, cell["artifact_sha256"]))
         record["artifact_bytes"] = os.path.getsize(path)
         with ExclusiveBench(run["bench"].get("exclusive_lock")) as exclusive:
+            if quiet is not None:
+                record["deploy_wait_ms"], record["deploys_not_waited_for"] = quiet.wait()
             record["timed_start"] = now_iso()
             start = time.perf_counter()
             session = runtime.load(path, cell["threads"], cell.get("delegate"), cell.get("params") or {})
@@ -796,6 +843,7 @@ class StatusWriter(object):
         self.path = os.path.join(run_dir, STATUS_FILE)
         self.cells_total = cells_total
         self.started = now_iso()
+        self.done = 0  # cells finished (or skipped as already ok), for the final state after a failure
 
     def write(self, state, cells_done, current_cell=None, error=None):
         # type: (str, int, Optional[str], Optional[str]) -> None
@@ -832,43 +880,60 @@ def _run_locked(run, run_dir, workdir):
         log("dropped a partial last line of {} bytes from {}".format(dropped, RESULTS_FILE))
     cells = run["cells"]
     status = StatusWriter(run_dir, len(cells))
-    done = 0
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupted)
     log("agent {} (pid {}) run {} on {}: {} cells, workdir {}".format(
         AGENT_VERSION, os.getpid(), run["run_id"], run["device"], len(cells), workdir))
-    env = static_fingerprint(run["emulated"])
+    bench = run["bench"]
+    quiet = QuietHost(bench["host_deploy_locks"], bench.get("quiet_wait_s", DEFAULT_QUIET_WAIT_S)) \
+        if bench.get("host_deploy_locks") else None
     try:
-        status.write("running", done)
-        measured_any = False
-        for cell in cells:
-            key = cell["cell"]
-            if "ok" in previous.get(key, []):
-                log("skip cell {}: already ok".format(key))
-                done += 1
-                continue
-            if measured_any and run["bench"]["cooldown_s"] > 0:
-                status.write("running", done, "cooldown before " + key)
-                time.sleep(run["bench"]["cooldown_s"])
-            status.write("running", done, key)
-            log("cell {}: {} threads={} runtime={} delegate={}".format(
-                key, cell["variant"], cell["threads"], cell["runtime"], (cell.get("delegate") or {}).get("name")))
-            record = bench_cell(run, cell, workdir, env, run_dir)
-            append_line(results_path, record)
-            measured_any = True
-            done += 1
-            log("cell {}: {}{}".format(key, record["status"], _summary(record)))
-        status.write("done", done)
-        log("run {} done: {} cells".format(run["run_id"], done))
-        return EXIT_OK
+        status.write("running", 0, "waiting for the host's bench lock" if bench.get("exclusive_lock") else None)
+        with ExclusiveBench(bench.get("exclusive_lock")) as host:
+            if host.fd is not None:
+                log("holding the host's bench lock {} (waited {:.0f} ms)".format(bench["exclusive_lock"],
+                                                                                 host.waited_ms))
+            return _run_cells(run, run_dir, workdir, previous, status, quiet, host.waited_ms)
     except (Interrupted, KeyboardInterrupt) as exc:
-        status.write("interrupted", done, error=str(exc) or "interrupted")
+        status.write("interrupted", status.done, error=str(exc) or "interrupted")
         log("interrupted ({})".format(exc or "SIGINT"))
         return EXIT_INTERRUPTED
     except Exception as exc:
-        status.write("failed", done, error="{}: {}".format(type(exc).__name__, exc))
+        status.write("failed", status.done, error="{}: {}".format(type(exc).__name__, exc))
         log("failed: {}".format(traceback.format_exc()))
         return EXIT_FAILED
+
+
+def _run_cells(run, run_dir, workdir, previous, status, quiet, host_wait_ms):
+    # type: (Dict[str, Any], str, str, Dict[str, List[str]], StatusWriter, Optional[QuietHost], float) -> int
+    results_path = os.path.join(run_dir, RESULTS_FILE)
+    env = static_fingerprint(run["emulated"])
+    status.write("running", 0)
+    measured_any = False
+    for cell in run["cells"]:
+        key = cell["cell"]
+        if "ok" in previous.get(key, []):
+            log("skip cell {}: already ok".format(key))
+            status.done += 1
+            continue
+        if measured_any and run["bench"]["cooldown_s"] > 0:
+            status.write("running", status.done, "cooldown before " + key)
+            time.sleep(run["bench"]["cooldown_s"])
+        status.write("running", status.done, key)
+        log("cell {}: {} threads={} runtime={} delegate={}".format(
+            key, cell["variant"], cell["threads"], cell["runtime"], (cell.get("delegate") or {}).get("name")))
+        record = bench_cell(run, cell, workdir, env, run_dir, quiet)
+        if record.get("exclusive_wait_ms") is not None:
+            # The run waited for the host's lock once, before its first cell: that cell reports it.
+            record["exclusive_wait_ms"] += host_wait_ms
+            host_wait_ms = 0.0
+        append_line(results_path, record)
+        measured_any = True
+        status.done += 1
+        log("cell {}: {}{}".format(key, record["status"], _summary(record)))
+    status.write("done", status.done)
+    log("run {} done: {} cells".format(run["run_id"], status.done))
+    return EXIT_OK
 
 
 def _summary(record):

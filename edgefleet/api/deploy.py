@@ -194,7 +194,7 @@ def deploy(options: DeployOptions, env: Env | None = None) -> DeployOutcome:
         samples=local_file(samples_path) if samples_path.suffix == ".npy" else None,
         samples_normalization=recipe.recipe.input.normalization.model_dump(mode="json"),
         wheelhouse=wheels, runtime_requirements=requirements, emulated_inventory=address.emulated,
-        exclusive_lock=address.shared_host_lock,
+        exclusive_lock=address.shared_host_lock, host_deploy_locks=address.host_deploy_locks,
         eval=evaluation,
         accuracy_gate=gate_config(profile.accuracy_gate, gate_kind,
                                   evaluation.source_metrics if evaluation else {}),

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.deploy.lock import lock_dir
 from edgefleet.errors import ConfigError
 from edgefleet.fleet.inventory import INVENTORY_FILE, load_inventory
 from edgefleet.profiles.model import Profile
@@ -16,8 +17,10 @@ class DeviceAddress:
     connection: Connection
     workdir: str
     emulated: bool
-    # Devices that share one physical host name the same lock, so their timed runs never overlap.
+    # Devices that share one physical host name the same lock, so their runs take turns,
     shared_host_lock: str | None = None
+    # and their timed sections wait while any of them is being deployed to (their deploy lock folders).
+    host_deploy_locks: tuple[str, ...] = ()
 
 
 def fleet_dir(state_dir: Path) -> Path:
@@ -34,7 +37,8 @@ def resolve_device(profile: Profile, state_dir: Path, device: str | None = None)
             entry = inventory.devices[name]
             # Every emulated device is this host: one lock file, visible to all of them, serializes timing.
             return DeviceAddress(name, entry.connection, entry.workdir, entry.emulated,
-                                 str(fleet_dir(state_dir).resolve() / "bench.lock"))
+                                 str(fleet_dir(state_dir).resolve() / "bench.lock"),
+                                 tuple(lock_dir(e.workdir) for _, e in sorted(inventory.devices.items())))
     if device is not None and device != profile.name:
         raise ConfigError(f"device {device!r} is not in the emulated fleet's inventory; "
                           f"start it with `invoke fleet.up --devices {device}`")

@@ -115,7 +115,8 @@ class DeployRequest:
     wheelhouse: Sequence[LocalFile] = ()
     runtime_requirements: tuple[str, ...] = ()
     emulated_inventory: bool = False   # the fleet says this host stands in for the board
-    exclusive_lock: str | None = None  # host-wide lock path around timed runs (devices sharing hardware)
+    exclusive_lock: str | None = None  # host-wide lock path around runs (devices sharing hardware)
+    host_deploy_locks: tuple[str, ...] = ()  # deploy lock folders of those devices: timing waits for them
     eval: EvalRequest | None = None    # --eval: the packed evaluation split and how to decode
     accuracy_gate: Mapping[str, Any] | None = None  # written to run.json for collect
 
@@ -283,7 +284,7 @@ def plan_deploy(request: DeployRequest, facts: DeviceFacts) -> DeployPlan:
         "bench": {"warmup_runs": bench.warmup_runs, "min_runs": bench.min_runs,
                   "min_duration_s": bench.min_duration_s, "max_runs": bench.max_runs,
                   "cooldown_s": bench.cooldown_s, "cv_threshold": bench.cv_threshold,
-                  "exclusive_lock": request.exclusive_lock},
+                  "exclusive_lock": request.exclusive_lock, "host_deploy_locks": list(request.host_deploy_locks)},
         "cells": cells,
     }
     if request.eval is not None and eval_remote is not None:
