@@ -12,7 +12,13 @@ deploy names one host-wide lock (run.json `bench.exclusive_lock`) around each ag
 after every round the script waits for all runs and checks from the agents' `timed_start`/`timed_end`
 in results.jsonl that no two timed sections overlapped. Target: 8 devices <= 1.5x one device's wall time.
 
-    .venv/bin/python bench/p6_parallel_deploy.py [--runs 5] [--devices 8] [--with-provisioning] [--json out.json]
+    .venv/bin/python bench/p6_parallel_deploy.py [--runs 5] [--devices 8] [--with-provisioning] [--rtt-ms 10]
+        [--json out.json]
+
+--rtt-ms adds a network round trip to every device's SSH link (bench/_delay_proxy.py, a user-space proxy:
+this kernel has no netem). Emulated devices otherwise answer at loopback speed, so a deploy is pure CPU
+and eight of them on two cores cannot overlap; a real fleet's deploys spend much of their time waiting
+on the network.
 
 Takes ~4 min (~10 min with --with-provisioning).
 """
@@ -22,8 +28,12 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,13 +49,17 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--with-provisioning", action="store_true",
                         help="also measure fresh devices, runtime venv built on each")
+    parser.add_argument("--rtt-ms", type=float, default=0.0,
+                        help="give every device's SSH link this round-trip time (a delaying proxy; no netem here)")
     args = parser.parse_args()
     runs = check_runs(args.runs)
     from edgefleet.api.deploy import DeployOptions, deploy
 
     names = [f"p6dev{i}" for i in range(args.devices)]
-    report = Report("P6", f"deploy to {args.devices} emulated devices in parallel vs 1")
-    with throwaway_workspace("p6", models=["shapes"]) as root, emulated_fleet(root, names) as fleet:
+    report = Report("P6", f"deploy to {args.devices} emulated devices in parallel vs 1"
+                    + (f", {args.rtt_ms:g} ms round trip" if args.rtt_ms else ""))
+    with throwaway_workspace("p6", models=["shapes"]) as root, emulated_fleet(root, names) as fleet, \
+            delayed_links(fleet, args.rtt_ms):
         # Short timed sections (one cell, 50 runs) keep the queue on the shared lock short.
         add_device_profiles(root, names, warmup=5, min_runs=50, max_runs=50)
         devices = {n: fleet.device(n) for n in names}
@@ -124,10 +138,14 @@ def main() -> None:
                 report.check(f"{scenario}: {args.devices} devices <= {LIMIT}x one device's wall time",
                              parallel.median <= LIMIT * single.median)
 
-        overlaps, sections, waited = timed_sections(records)
+        overlaps, sections, waited, deploy_waits = timed_sections(records)
         report.facts["timed sections checked / overlapping pairs"] = f"{sections} / {overlaps}"
-        report.facts["agents that waited for the host lock"] = waited
+        report.facts["runs that waited for the host lock"] = waited
+        report.facts["timed sections that waited for a deploy on the host"] = deploy_waits
         report.facts["exclusive lock"] = lock_of(rounds)
+        if args.rtt_ms:
+            report.facts["link"] = (f"{args.rtt_ms:g} ms round trip added by bench/_delay_proxy.py (latency only: "
+                                    "no bandwidth or TCP window limit)")
         report.check("no two timed sections on this host overlapped", overlaps == 0 and sections > 0)
         report.print()
         report.write(args.json)
@@ -140,16 +158,61 @@ def host_cpu() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
+@contextmanager
+def delayed_links(fleet: Any, rtt_ms: float) -> Iterator[None]:
+    """Route deploys to every device through a proxy that adds ``rtt_ms`` per round trip.
+
+    The inventory (what deploy reads) points at the proxy while this lasts, with the devices' host keys
+    recorded for the proxy's addresses; the fleet's own objects keep the direct links (untimed waits)."""
+    if not rtt_ms:
+        yield
+        return
+    from edgefleet.fleet.inventory import INVENTORY_FILE, load_inventory, save_inventory
+    from edgefleet.transport.hostkeys import host_key_name
+
+    state_dir = Path(fleet.state_dir)
+    inventory_file = state_dir / INVENTORY_FILE
+    saved_inventory = inventory_file.read_bytes()
+    inventory = load_inventory(state_dir)
+    known_hosts = Path(next(iter(inventory.devices.values())).connection.known_hosts)
+    saved_known = known_hosts.read_bytes()
+    targets = [f"{n}={d.connection.host}:{d.connection.port or 22}" for n, d in inventory.devices.items()]
+    proxy = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_delay_proxy.py")),
+                              "--one-way-ms", str(rtt_ms / 2), *targets], stdout=subprocess.PIPE, text=True)
+    try:
+        ports = json.loads(proxy.stdout.readline() or "{}")  # type: ignore[union-attr]
+        if set(ports) != set(inventory.devices):
+            raise SystemExit(f"the delay proxy did not start (exit {proxy.poll()})")
+        keys = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in saved_known.decode().splitlines() if line}
+        lines = []
+        devices = {}
+        for name, device in inventory.devices.items():
+            c = device.connection
+            key = keys[host_key_name(c.host, c.port or 22)]
+            lines.append(f"{host_key_name('127.0.0.1', ports[name])} {key}")
+            devices[name] = device.model_copy(update={"connection": c.model_copy(
+                update={"host": "127.0.0.1", "port": ports[name]})})
+        known_hosts.write_bytes(saved_known + ("\n".join(lines) + "\n").encode())
+        save_inventory(inventory.model_copy(update={"devices": devices}), state_dir)
+        yield
+    finally:
+        inventory_file.write_bytes(saved_inventory)
+        known_hosts.write_bytes(saved_known)
+        proxy.kill()
+        proxy.wait()
+
+
 def own_cpu() -> float:
     t = os.times()
     return t.user + t.system
 
 
-def timed_sections(records: list[tuple[str, dict]]) -> tuple[int, int, str]:
+def timed_sections(records: list[tuple[str, dict]]) -> tuple[int, int, str, str]:
     """Overlapping neighbours among every cell's [timed_start, timed_end] (all devices share this host).
     Sorted by start, any overlap at all shows up between neighbours, so 0 means none."""
     spans = []
     waited = 0
+    deploy_waits = 0
     for device, record in records:
         if record.get("status") != "ok":
             raise SystemExit(f"{device}: cell {record['cell']} {record['status']}: {record['reason']}")
@@ -158,9 +221,10 @@ def timed_sections(records: list[tuple[str, dict]]) -> tuple[int, int, str]:
         spans.append((datetime.fromisoformat(record["timed_start"]), datetime.fromisoformat(record["timed_end"]),
                       device))
         waited += 1 if (record.get("exclusive_wait_ms") or 0) > 1.0 else 0
+        deploy_waits += 1 if (record.get("deploy_wait_ms") or 0) > 1.0 else 0
     spans.sort()
     overlaps = sum(1 for a, b in zip(spans, spans[1:]) if b[0] < a[1])
-    return overlaps, len(spans), f"{waited} of {len(spans)} cells"
+    return overlaps, len(spans), f"{waited} of {len(spans)} cells", f"{deploy_waits} of {len(spans)}"
 
 
 def lock_of(rounds: list[list[tuple[Any, Any]]]) -> str:

@@ -228,3 +228,12 @@ def test_start_takes_run_json_on_stdin_validates_and_writes_it(tmp_path: Path, a
         assert json.loads((run_dir / "run.json").read_text())["device"] == config["device"]
     finally:
         blocker.release()
+
+
+def test_run_refuses_a_handed_down_lock_that_is_not_its_runs(tmp_path: Path, agent_models: Models,
+                                                             agent_pyz: Path) -> None:
+    run_dir = write_run(tmp_path / "run", agent_models, [tflite_cell(agent_models, "fp32", 1)], run_id="run-fd")
+    proc = subprocess.run([sys.executable, str(agent_pyz), "run", str(run_dir), "--lock-fd", "0"],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and "--lock-fd 0 is not a held lock" in proc.stderr
+    assert not (run_dir / "results.jsonl").exists()

@@ -21,6 +21,7 @@ from edgefleet.deploy.lock import DeviceLock
 from edgefleet.errors import DeviceBusyError
 from edgefleet.fleet import DeviceSpec, EmulatedFleet
 from edgefleet.transport.registry import open_transport
+from edgefleet.transport.ssh import SshTransport
 from edgefleet.workspace import open_workspace
 from fleet_fixtures import require_fleet_tools
 
@@ -115,14 +116,34 @@ def test_deploy_bench_collect_on_two_devices_at_once(ws):
     assert _dump(db_path) == before  # collecting again changes nothing
 
 
-def test_redeploy_sends_no_file_bytes(ws):
-    root, _ = ws
+def test_redeploy_sends_no_file_bytes_in_four_round_trips(ws, monkeypatch):
+    root, fleet = ws
     deploy(DeployOptions(target="dev-a", workspace=root, wait=True), env())
-    again = deploy(DeployOptions(target="dev-a", workspace=root, wait=True), env())
+    commands: list[list[str]] = []
+    real_run = SshTransport.run
+
+    def counted(self, argv, **kwargs):  # the real command runs; the test only writes down what it was
+        commands.append(list(argv))
+        return real_run(self, argv, **kwargs)
+
+    monkeypatch.setattr(SshTransport, "run", counted)
+    again = deploy(DeployOptions(target="dev-a", workspace=root), env())
+    monkeypatch.undo()
     assert again.applied is not None
     assert again.applied.sent_bytes == 0 and again.applied.uploaded == []
     assert not again.applied.provisioned
     assert again.plan.bytes_to_send == 0
+    # Each remote command is a round trip and a process start on the device: facts probe, take the lock,
+    # write run.json and start the agent, release the lock.
+    assert len(commands) == 4, commands
+    assert commands[2][2:5] == ["start", again.plan.actions[-1].run_dir, "--config"]
+    device = fleet.device("dev-a")
+    with open_transport(device.connection, name="dev-a") as transport:
+        start = again.plan.actions[-1]
+        status = follow_run(transport, f"{device.workdir}/runtime/venv/bin/python", start.agent, start.run_dir,
+                            lambda _: None, poll_s=0.2, timeout_s=300)
+    assert status["state"] == "done"
+    assert not (Path(device.workdir) / ".lock").exists()
 
 
 def test_dry_run_sends_nothing_and_lists_skips(ws):

@@ -450,6 +450,21 @@ class RunLock(object):
                     return False
                 time.sleep(0.05)
 
+    def adopt(self, fd):
+        # type: (int) -> bool
+        """Take over the lock `start` acquired and handed down as an open descriptor."""
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            if same:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours already: succeeds at once
+        except (IOError, OSError):
+            return False
+        if not same:
+            return False
+        os.set_inheritable(fd, False)
+        self.fd = fd
+        return True
+
     def release(self):
         # type: () -> None
         if self.fd is not None:
@@ -859,12 +874,15 @@ def _raise_interrupted(signum, frame):
     raise Interrupted("signal {}".format(signum))
 
 
-def run_command(run_dir, workdir):
-    # type: (str, Optional[str]) -> int
+def run_command(run_dir, workdir, lock_fd=None):
+    # type: (str, Optional[str], Optional[int]) -> int
     run = load_run(run_dir)
     workdir = run.get("workdir") or workdir or os.getcwd()
     lock = RunLock(run_dir)
-    if not lock.acquire():
+    if lock_fd is not None:
+        if not lock.adopt(lock_fd):
+            raise AgentError("--lock-fd {} is not a held lock on {}".format(lock_fd, lock.path))
+    elif not lock.acquire():
         raise AgentError("another agent is already running on {}".format(run_dir))
     try:
         return _run_locked(run, run_dir, workdir)
@@ -1020,19 +1038,23 @@ def start_command(run_dir, workdir, config=None):
     """Start `run` detached (double fork + setsid) so it survives the SSH session; print its pid.
 
     With ``config`` (deploy sends run.json on stdin: one round trip instead of two) it is validated,
-    then written atomically as the run's run.json, unless an agent is already running there."""
-    if config is not None and lock_is_held(run_dir):
+    then written atomically as the run's run.json, unless an agent is already running there.
+    `start` takes the run's lock itself and hands it down to `run`, so it can return at once: `status`
+    never sees the run unlocked between the two (it would read a resumed run's stale status.json, its
+    killed agent's pid and "running", as interrupted), and deploy does not wait for `run` to start up."""
+    if config is not None and not os.path.isdir(run_dir):
+        os.makedirs(run_dir)
+    if config is None:
+        load_run(run_dir)  # bad input is reported now, not in a log nobody reads
+    lock = RunLock(run_dir)
+    if not lock.acquire():
         raise AgentError("another agent is already running on {}".format(run_dir))
     if config is not None:
-        if not os.path.isdir(run_dir):
-            os.makedirs(run_dir)
         write_json_atomic(os.path.join(run_dir, RUN_FILE), config)
-    run = load_run(run_dir)  # bad input is reported now, not in a log nobody reads
-    if lock_is_held(run_dir):
-        raise AgentError("another agent is already running on {}".format(run_dir))
+    run = load_run(run_dir)
     run_dir = os.path.abspath(run_dir)
     workdir = os.path.abspath(run.get("workdir") or workdir or os.getcwd())
-    argv = _self_command() + ["run", run_dir, "--workdir", workdir]
+    argv = _self_command() + ["run", run_dir, "--workdir", workdir, "--lock-fd", str(lock.fd)]
     sys.stdout.flush()
     sys.stderr.flush()
     read_end, write_end = os.pipe()
@@ -1047,6 +1069,7 @@ def start_command(run_dir, workdir, config=None):
                 os._exit(0)
             os.close(write_end)
             _detach_stdio(os.path.join(run_dir, LOG_FILE))
+            os.set_inheritable(lock.fd, True)  # type: ignore[arg-type]  # `run` holds the lock from here
             os.execv(argv[0], argv)
         except BaseException:
             traceback.print_exc()
@@ -1055,13 +1078,9 @@ def start_command(run_dir, workdir, config=None):
     os.waitpid(child, 0)
     with os.fdopen(read_end, "rb") as pipe:
         pid = int(pipe.read().decode() or 0)
+    lock.release()  # our copy only: the detached agent holds the same lock
     if not pid:
         raise AgentError("the detached agent did not start")
-    # Return once the new agent holds the run's lock: until then `status` would read a resumed run's
-    # stale status.json (its killed agent's pid, "running") as interrupted.
-    deadline = time.time() + 30
-    while not lock_is_held(run_dir) and pid_alive(pid) and time.time() < deadline:
-        time.sleep(0.02)
     sys.stdout.write("{}\n".format(pid))
     return EXIT_OK
 
@@ -1092,6 +1111,8 @@ def parse_args(argv):
         if name == "start":
             command.add_argument("--config", choices=["-"], default=None,
                                  help="'-': read run.json from stdin, validate it and write it into RUN_DIR first")
+        if name == "run":
+            command.add_argument("--lock-fd", type=int, default=None, help=argparse.SUPPRESS)  # from `start`
     sub.add_parser("version", help="print the agent and runtime versions as JSON")
     args = parser.parse_args(argv)
     if not args.command:
@@ -1116,7 +1137,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         if args.command == "run":
-            return run_command(args.run_dir, args.workdir)
+            return run_command(args.run_dir, args.workdir, args.lock_fd)
         if args.command == "start":
             config = read_config(sys.stdin) if args.config == "-" else None
             return start_command(args.run_dir, args.workdir, config)
