@@ -63,6 +63,15 @@ async def _serve(targets: dict[str, tuple[str, int]], delay_s: float) -> None:
                     writer.close()
         return handle
 
+    loop = asyncio.get_running_loop()
+
+    def quiet_about_dead_connections(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        # A connection whose two ends are both gone is garbage-collected with its pumps still pending;
+        # asyncio reports each one. Nothing is lost: its bytes were delivered or had nowhere to go.
+        if "destroyed but it is pending" not in context.get("message", ""):
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(quiet_about_dead_connections)
     ports = {}
     servers = []
     for name, (host, port) in targets.items():

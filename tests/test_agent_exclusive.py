@@ -7,6 +7,7 @@ without it (the control) their timed sections overlap, which proves the test can
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -90,13 +91,17 @@ def test_timed_sections_wait_for_deploys_in_progress_on_the_host(tmp_path, agent
 
     timer = threading.Timer(1.0, deploy_finishes)
     timer.start()
-    lines, _ = run_one(tmp_path / "run", agent_models, agent_pyz,
-                       {"host_deploy_locks": [str(deploying), str(tmp_path / "idle-device" / ".lock")]})
+    lines, log = run_one(tmp_path / "run", agent_models, agent_pyz,
+                         {"host_deploy_locks": [str(deploying), str(tmp_path / "idle-device" / ".lock")]})
     timer.join()
+    # The run waits before its imports and model loads (they use the same cores), and each timed
+    # section checks again.
+    waited = re.search(r"waited (\d+) ms for deploys in progress", log)
+    assert waited and int(waited.group(1)) > 700, log
     first, second = lines
-    assert first["deploy_wait_ms"] > 700 and first["deploys_not_waited_for"] == []
     assert datetime.fromisoformat(first["timed_start"]) >= finished_at[0]
-    assert second["deploy_wait_ms"] < 200
+    assert first["deploys_not_waited_for"] == [] and "deploy_wait_ms" in first
+    assert first["deploy_wait_ms"] < 200 and second["deploy_wait_ms"] < 200
 
 
 def test_a_deploy_lock_left_behind_is_waited_for_once(tmp_path, agent_models, agent_pyz):
@@ -106,6 +111,32 @@ def test_a_deploy_lock_left_behind_is_waited_for_once(tmp_path, agent_models, ag
     (first, second), log = run_one(tmp_path / "run", agent_models, agent_pyz,
                                    {"host_deploy_locks": [str(stale)], "quiet_wait_s": 0.5})
     assert time.monotonic() - started < 30
-    assert 400 < first["deploy_wait_ms"] < 5000 and first["deploys_not_waited_for"] == [str(stale)]
-    assert second["deploy_wait_ms"] < 200 and second["deploys_not_waited_for"] == [str(stale)]
+    waited = re.search(r"waited (\d+) ms for deploys in progress", log)
+    assert waited and 400 < int(waited.group(1)) < 5000, log
+    for line in (first, second):
+        assert line["deploy_wait_ms"] < 200 and line["deploys_not_waited_for"] == [str(stale)]
     assert f"deploy lock(s) {stale} still present after 0.5 s" in log
+
+
+def test_a_deploy_that_starts_mid_run_holds_back_the_next_timed_section(tmp_path, agent_models, agent_pyz):
+    deploying = tmp_path / "other-device" / ".lock"
+    deploying.parent.mkdir()
+    run_dir = tmp_path / "run"
+    cells = [tflite_cell(agent_models, "fp32", 1, cell="m-t1"), tflite_cell(agent_models, "fp32", 2, cell="m-t2")]
+    write_run(run_dir, agent_models, cells, run_id="run-mid",
+              bench={**FAST_BENCH, "cooldown_s": 1.0, "host_deploy_locks": [str(deploying)]})
+    proc = subprocess.Popen([sys.executable, str(agent_pyz), "run", str(run_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    results = run_dir / "results.jsonl"
+    deadline = time.monotonic() + 60
+    while not (results.exists() and results.read_text().count("\n") >= 1):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    deploying.mkdir()  # during the 1 s cooldown after the first cell
+    time.sleep(2.5)
+    deploying.rmdir()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    first, second = lines_of(run_dir)
+    assert first["deploy_wait_ms"] < 200
+    assert second["deploy_wait_ms"] > 1000 and second["deploys_not_waited_for"] == []

@@ -911,6 +911,10 @@ def _run_locked(run, run_dir, workdir):
             if host.fd is not None:
                 log("holding the host's bench lock {} (waited {:.0f} ms)".format(bench["exclusive_lock"],
                                                                                  host.waited_ms))
+            if quiet is not None:
+                # Imports and model loads are heavy too: leave the cores to deploys in progress first.
+                waited_ms, _ = quiet.wait()
+                log("waited {:.0f} ms for deploys in progress on this host".format(waited_ms))
             return _run_cells(run, run_dir, workdir, previous, status, quiet, host.waited_ms)
     except (Interrupted, KeyboardInterrupt) as exc:
         status.write("interrupted", status.done, error=str(exc) or "interrupted")
