@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from edgefleet import __version__
@@ -102,6 +103,12 @@ def _run_one(step: Step, plan: Plan, store: ArtifactStore, backend: Backend, tim
     return StepOutcome(step, "built", time.monotonic() - started, manifest=store.manifest(step.key))
 
 
+def step_description(step_id: str, line: str) -> str:
+    """A running step's progress line: its id and the tail of its latest log line, shown as written
+    (progress descriptions are rich markup, and a log line's "[...]" would vanish or raise)."""
+    return escape(f"  {step_id}: {line[-70:]}")
+
+
 def execute_plan(plan: Plan, store: ArtifactStore, backend: Backend, *, jobs: int = 1,
                  timeout_s: float = 3600.0, console: Console | None = None) -> BuildSummary:
     console = console or Console(quiet=True)
@@ -115,7 +122,7 @@ def execute_plan(plan: Plan, store: ArtifactStore, backend: Backend, *, jobs: in
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn(
         "{task.completed}/{task.total}"), TimeElapsedColumn(), console=console, transient=False)
     with progress, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        overall = progress.add_task(f"build {plan.model} for {plan.target}", total=len(plan.steps),
+        overall = progress.add_task(escape(f"build {plan.model} for {plan.target}"), total=len(plan.steps),
                                     completed=len(outcomes))
         running: dict[Future[StepOutcome], tuple[Step, int]] = {}
 
@@ -143,7 +150,7 @@ def execute_plan(plan: Plan, store: ArtifactStore, backend: Backend, *, jobs: in
                     def on_line(line: str, task: int = task, step: Step = step) -> None:
                         if line.startswith("+ "):
                             progress.console.print(line, markup=False, style="dim")
-                        progress.update(task, description=f"  {step.id}: {line[-70:]}")
+                        progress.update(task, description=step_description(step.id, line))
 
                     future = pool.submit(_run_one, step, plan, store, backend, timeout_s, on_line)
                     running[future] = (step, task)

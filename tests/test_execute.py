@@ -8,9 +8,10 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from rich.text import Text
 
 from edgefleet.backends.local import LocalBackend
-from edgefleet.execute import execute_plan
+from edgefleet.execute import execute_plan, step_description
 from edgefleet.plan.model import Plan, SourceInput, Step, StepInput, step_key
 from edgefleet.recipes.sources import sha256_file
 from edgefleet.store import ArtifactStore
@@ -97,3 +98,9 @@ def test_independent_steps_all_build(tmp_path, jobs):
     summary = execute_plan(Plan("dev", "tiny", tuple(steps)), store, LocalBackend(), jobs=jobs)
     assert summary.count("built") == 3
     assert len(store.entries()) == 3
+
+
+@pytest.mark.parametrize("line", ["Epoch [1/3] loss [0.2]", "tensor [/bold] closes nothing", "[red]x[/red]"])
+def test_a_log_line_with_brackets_shows_as_written(line):
+    """Progress descriptions are rich markup: unescaped, "[red]" would vanish and "[/bold]" would raise."""
+    assert Text.from_markup(step_description("tflite/fp32", line)).plain == f"  tflite/fp32: {line}"
