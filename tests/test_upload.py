@@ -1,18 +1,21 @@
-"""Verified uploads: skip when present, atomic replace, retry across a cut link, disk-full precheck."""
+"""Verified uploads: skip when present, atomic replace, retry across a cut link (resuming where it
+stopped, and starting over when the part on the device is bad), disk-full precheck."""
 from __future__ import annotations
 
 import hashlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from edgefleet.deploy import file_sha256, remote_free_bytes, remote_sha256, upload_verified
+from edgefleet.deploy.upload import UploadResult
 from edgefleet.errors import DeployError
 from edgefleet.fleet import EmulatedFleet
-from edgefleet.transport.base import Transport
+from edgefleet.transport.base import HashingPut, ResumeRefused, Transport
 from edgefleet.transport.local import LocalTransport
 from edgefleet.transport.registry import open_transport
 
@@ -88,11 +91,12 @@ def test_upload_over_ssh_skips_second_time(rpi3: Transport, rpi3_scratch: Path, 
     assert _temps(rpi3_scratch / "models") == []
 
 
-@pytest.mark.ssh
-def test_upload_survives_a_cut_link(fleet: EmulatedFleet, rpi3_scratch: Path, tmp_path: Path) -> None:
+def _upload_across_a_cut(fleet: EmulatedFleet, scratch: Path, tmp_path: Path,
+                         while_down: Callable[[], None] = lambda: None) -> tuple[UploadResult, list[bytes], str, Path]:
+    """A 50 MB upload whose link goes down for 2.5 s once a third is sent; ``while_down`` runs meanwhile."""
     source = tmp_path / "big.bin"
     sha = _blob(source, 50 * MB)
-    final = rpi3_scratch / "big.bin"
+    final = scratch / "big.bin"
     final.write_bytes(b"previous version")
     seen_during_outage: list[bytes] = []
     outage = threading.Event()
@@ -100,7 +104,9 @@ def test_upload_survives_a_cut_link(fleet: EmulatedFleet, rpi3_scratch: Path, tm
     def cut_for_a_while() -> None:
         try:
             with fleet.link_down("rpi3"):
-                deadline = time.monotonic() + 2.5
+                time.sleep(0.5)  # the device-side receiver writes what reached it
+                while_down()
+                deadline = time.monotonic() + 2.0
                 while time.monotonic() < deadline:
                     seen_during_outage.append(final.read_bytes())
                     time.sleep(0.1)
@@ -113,20 +119,51 @@ def test_upload_survives_a_cut_link(fleet: EmulatedFleet, rpi3_scratch: Path, tm
             threading.Thread(target=cut_for_a_while, daemon=True).start()
 
     conn = quick(fleet.device("rpi3").connection, connect_timeout_s=1.5, io_timeout_s=1.0)
-    started = time.monotonic()
     with open_transport(conn, name="rpi3") as transport:
         result = upload_verified(transport, source, str(final), sha256=sha, retries=5, backoff_s=0.5,
                                  progress=progress)
-    elapsed = time.monotonic() - started
     assert outage.wait(10)
+    return result, seen_during_outage, sha, final
+
+
+@pytest.mark.ssh
+def test_upload_survives_a_cut_link_and_resumes_where_it_stopped(fleet: EmulatedFleet, rpi3_scratch: Path,
+                                                                  tmp_path: Path) -> None:
+    started = time.monotonic()
+    result, seen_during_outage, sha, final = _upload_across_a_cut(fleet, rpi3_scratch, tmp_path)
+    elapsed = time.monotonic() - started
     assert result.attempts >= 2 and not result.skipped
-    assert result.sent_bytes > 50 * MB  # the first, interrupted attempt counts too
+    # The retry continued the part already on the device: about a third was not sent again.
+    assert result.resumed_bytes > 10 * MB
+    assert 50 * MB < result.sent_bytes < 50 * MB + result.resumed_bytes
     assert file_sha256(final) == sha
     # During the outage the final path only ever held the previous version.
     assert len(seen_during_outage) > 5
     assert set(seen_during_outage) == {b"previous version"}
     assert _temps(rpi3_scratch) == []
     assert elapsed < 60
+
+
+@pytest.mark.ssh
+def test_a_resumed_upload_with_a_damaged_part_is_sent_again_whole(fleet: EmulatedFleet, rpi3_scratch: Path,
+                                                                   tmp_path: Path) -> None:
+    damaged: list[Path] = []
+
+    def damage_the_part() -> None:
+        for part in rpi3_scratch.glob(".big.bin.part-*"):
+            with part.open("r+b") as handle:
+                first = handle.read(1)
+                handle.seek(0)
+                handle.write(bytes([first[0] ^ 0xFF]))
+            damaged.append(part)
+
+    result, _, sha, final = _upload_across_a_cut(fleet, rpi3_scratch, tmp_path, damage_the_part)
+    assert damaged, "no part file to damage"
+    # The resumed attempt's whole-file hash on the device caught the bad byte; the next one started over.
+    assert result.attempts >= 3 and result.resumed_bytes > 10 * MB
+    assert result.sent_bytes > 100 * MB - result.resumed_bytes
+    assert file_sha256(final) == sha
+    assert _temps(rpi3_scratch) == []
 
 
 @pytest.mark.ssh
@@ -158,3 +195,25 @@ def test_disk_full_is_caught_before_sending(fleet: EmulatedFleet, coral: Transpo
     assert f"needs {size} bytes" in message and "bytes free" in message
     assert sent == []
     assert not (Path(workdir) / "too_big.bin").exists() and _temps(Path(workdir)) == []
+
+
+@pytest.mark.ssh
+def test_put_hashed_continues_a_part_and_hashes_the_whole_file(rpi3: Transport, rpi3_scratch: Path,
+                                                               tmp_path: Path) -> None:
+    assert isinstance(rpi3, HashingPut)
+    source = tmp_path / "m.bin"
+    sha = _blob(source, 3 * MB + 17)
+    data = source.read_bytes()
+    part = rpi3_scratch / "m.part"
+    part.write_bytes(data[:MB] + b"stale tail of a longer earlier attempt")
+    sent: list[int] = []
+    assert rpi3.put_hashed(source, str(part), offset=MB, progress=lambda done, total: sent.append(done)) == sha
+    assert part.read_bytes() == data
+    assert sent[-1] == len(data)  # progress counts the whole file; only the rest went over the wire
+
+    part.write_bytes(data[:100])
+    with pytest.raises(ResumeRefused, match="holds 100 bytes, fewer than 1048576"):
+        rpi3.put_hashed(source, str(part), offset=MB)
+    part.unlink()
+    with pytest.raises(ResumeRefused, match="cannot resume"):
+        rpi3.put_hashed(source, str(part), offset=MB)

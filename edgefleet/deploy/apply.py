@@ -93,6 +93,8 @@ def apply_plan(plan: DeployPlan, transport: Transport, workdir: str, *, python: 
                 sent = upload_verified(transport, action.local, action.remote, sha256=action.sha256,
                                        on_retry=lambda n, wait, err: say(f"  {escape(str(err))}; retry {n} in {wait:g} s"))
                 result.sent_bytes += sent.sent_bytes
+                if sent.resumed_bytes:
+                    say(f"  resumed: {sent.resumed_bytes:,} bytes were already on the device, not sent again")
                 # The plan was made before the lock: a deploy we waited for may have sent it meanwhile.
                 (result.skipped if sent.skipped else result.uploaded).append(action.remote)
                 _write_remote_text(transport, action.remote + ".sha256", action.sha256)

@@ -22,6 +22,15 @@ def remote_exists(transport: Transport, path: str) -> bool:
     return transport.run(["test", "-f", path], check=False).returncode == 0
 
 
+def remote_size(transport: Transport, path: str) -> int | None:
+    """The file's size in bytes, or None when there is no such file."""
+    result = transport.run(["wc", "-c", "--", path], check=False)
+    try:
+        return int(result.stdout.split()[0]) if result.returncode == 0 else None
+    except (ValueError, IndexError):
+        return None
+
+
 def remote_sha256(transport: Transport, path: str) -> str | None:
     """The file's sha256 (hex), or None when there is no such file."""
     if not remote_exists(transport, path):

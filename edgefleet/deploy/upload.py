@@ -2,7 +2,9 @@
 
 The file goes to a hidden temp name next to its destination, is flushed and hashed ON
 THE DEVICE, and only then renamed over the destination: the final path holds either
-the old file or the complete new one, never a partial.
+the old file or the complete new one, never a partial. After a dropped link the next
+attempt continues the temp file where it stopped (when the transport can hash on the
+device); the device then hashes the whole file, so a bad prefix is caught and resent.
 """
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.deploy.remote_fs import remote_free_bytes, remote_fsync, remote_sha256
+from edgefleet.deploy.remote_fs import remote_free_bytes, remote_fsync, remote_sha256, remote_size
 from edgefleet.errors import DeployError, TransportError
 from edgefleet.digest import sha256_file
-from edgefleet.transport.base import HashingPut, Progress, Transport, TransportUnavailable
+from edgefleet.transport.base import HashingPut, Progress, ResumeRefused, Transport, TransportUnavailable
 
 
 
@@ -25,6 +27,7 @@ class UploadResult:
     sent_bytes: int   # bytes put on the wire, counting attempts that failed
     skipped: bool     # the device already had this exact file; nothing was sent
     attempts: int = 1
+    resumed_bytes: int = 0  # bytes a retry did not send again: an earlier attempt had put them there
 
 
 class _Corrupted(Exception):
@@ -36,10 +39,13 @@ def temp_name(remote: str) -> str:
     return posixpath.join(directory, f".{name}.part-{secrets.token_hex(4)}")
 
 
+def _glob_literal(name: str) -> str:
+    # find's -name takes a glob; escape the name's own glob characters.
+    return "".join("\\" + c if c in "*?[]\\" else c for c in name)
+
+
 def _temp_pattern(remote: str) -> str:
-    # find's -name takes a glob; escape the file's own glob characters.
-    name = posixpath.basename(remote)
-    return "".join("\\" + c if c in "*?[]\\" else c for c in f".{name}.part-") + "*"
+    return _glob_literal(f".{posixpath.basename(remote)}.part-") + "*"
 
 
 # Kept under this name for callers of the deploy package.
@@ -97,48 +103,72 @@ class _Upload:
         self.progress = progress
         self.size = local.stat().st_size
         self.sent = 0
+        self.resumed = 0
         self.temps: list[str] = []
 
     def attempt(self, number: int) -> UploadResult:
         t, remote = self.transport, self.remote
-        self.discard_temps()  # what an earlier attempt left behind before the link dropped
         if remote_sha256(t, remote) == self.sha256:
-            return UploadResult(self.sent, skipped=self.sent == 0, attempts=number)
+            self.discard_temps()
+            return self._result(number, skipped=self.sent == 0)
         directory = posixpath.dirname(remote) or "."
         t.run(["mkdir", "-p", "--", directory])
-        # Temp files of an upload that died with its connection (e.g. retries exhausted).
-        t.run(["find", directory, "-maxdepth", "1", "-type", "f", "-name", _temp_pattern(remote),
+        offset = self._resumable_offset()
+        # Temp files of an upload that died with its connection (e.g. retries exhausted), but our own.
+        keep = ["!", "-name", _glob_literal(posixpath.basename(self.temps[-1]))] if offset else []
+        t.run(["find", directory, "-maxdepth", "1", "-type", "f", "-name", _temp_pattern(remote), *keep,
                "-delete"], check=False)
         free = remote_free_bytes(t, directory)
-        if free < self.size:
+        if free < self.size - offset:
             raise DeployError(f"{t.describe()}: not enough space for {self.local.name} in {directory}: "
-                              f"needs {self.size} bytes, {free} bytes free. Free space on the device or "
+                              f"needs {self.size - offset} bytes, {free} bytes free. Free space on the device or "
                               f"choose another workdir.")
-        temp = temp_name(remote)
-        self.temps.append(temp)
-        got = self._send(temp)
+        if not offset:
+            self.temps.append(temp_name(remote))
+        temp = self.temps[-1]
+        try:
+            got = self._send(temp, offset)
+        except ResumeRefused:
+            offset = 0
+            got = self._send(temp, 0)
+        self.resumed += offset
         if got != self.sha256:
+            self.discard_temps()  # a bad prefix would come back on resume
             if file_sha256(self.local) != self.sha256:
                 raise DeployError(f"{self.local} does not have the expected sha256 {self.sha256}: the local "
                                   f"artifact changed or is corrupt; rebuild it")
             raise _Corrupted(f"sha256 on the device is {got}, expected {self.sha256}")
         t.run(["mv", "-f", "--", temp, remote])
         self.temps.remove(temp)
-        return UploadResult(self.sent, skipped=False, attempts=number)
+        return self._result(number, skipped=False)
 
-    def _send(self, temp: str) -> str | None:
-        """Put the file at ``temp``, flushed to the device's storage; the sha256 the device reads there."""
+    def _result(self, number: int, *, skipped: bool) -> UploadResult:
+        return UploadResult(self.sent, skipped=skipped, attempts=number, resumed_bytes=self.resumed)
+
+    def _resumable_offset(self) -> int:
+        """How much of the file the last attempt's temp holds, when it can be continued; else 0 (and the
+        old temps are removed)."""
+        if self.temps and isinstance(self.transport, HashingPut):
+            size = remote_size(self.transport, self.temps[-1])
+            if size is not None and 0 < size <= self.size:
+                return size
+        self.discard_temps()
+        return 0
+
+    def _send(self, temp: str, offset: int) -> str | None:
+        """Put the file at ``temp`` (its first ``offset`` bytes are there already), flushed to the device's
+        storage; the sha256 the device reads there."""
         t = self.transport
         if isinstance(t, HashingPut):
-            got = t.put_hashed(self.local, temp, progress=self._counting())
+            got = t.put_hashed(self.local, temp, progress=self._counting(offset), offset=offset)
             if got is not None:
                 return got
         t.put(self.local, temp, progress=self._counting())
         remote_fsync(t, temp)
         return remote_sha256(t, temp)
 
-    def _counting(self) -> Progress:
-        base = self.sent
+    def _counting(self, offset: int = 0) -> Progress:
+        base = self.sent - offset  # put_hashed counts from the offset; those bytes were not sent now
 
         def report(done: int, total: int) -> None:
             self.sent = base + done

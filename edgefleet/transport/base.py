@@ -38,6 +38,11 @@ class TransportUnavailable(TransportError):
     """The device could not be reached or stopped answering. Worth a reconnect and a retry."""
 
 
+class ResumeRefused(TransportError):
+    """The device cannot continue a partial upload (no Python there, or the partial file is gone or
+    longer than expected); send the whole file again."""
+
+
 class CommandTimeout(TransportUnavailable):
     """A remote command ran past its time limit (the device may be hung or the link dead)."""
 
@@ -124,9 +129,14 @@ class Transport(Protocol):
 class HashingPut(Protocol):
     """A transport that can hash a file on the device while writing it there (one pass, not two)."""
 
-    def put_hashed(self, local: Path, remote: str, *, progress: Progress | None = None) -> str | None:
-        """Upload, fsync, and return the sha256 the device computed of what it wrote; None when the
-        device lacks the tools for it (then use put and hash the file afterwards)."""
+    def put_hashed(self, local: Path, remote: str, *, progress: Progress | None = None,
+                   offset: int = 0) -> str | None:
+        """Upload, fsync, and return the sha256 the device computed of the whole file; None when the
+        device lacks the tools for it (then use put and hash the file afterwards).
+
+        ``offset`` > 0 resumes: ``remote`` already holds the file's first ``offset`` bytes (an earlier,
+        interrupted attempt), only the rest is sent, and the device hashes the whole file. Raises
+        ResumeRefused when it cannot."""
         ...
 
 

@@ -25,6 +25,7 @@ from edgefleet.errors import TransportError
 from edgefleet.transport.base import (
     CommandTimeout,
     Progress,
+    ResumeRefused,
     RunResult,
     TransportBase,
     TransportUnavailable,
@@ -66,7 +67,31 @@ try:
     fcntl.fcntl(0, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
 except (ImportError, OSError):
     pass
-with open(sys.argv[1], "wb") as out:
+offset = int(sys.argv[2])
+try:
+    out = open(sys.argv[1], "r+b" if offset else "wb")
+except (IOError, OSError) as err:
+    if not offset:
+        raise
+    sys.stderr.write("edgefleet: cannot resume: {}\\n".format(err))
+    sys.exit(125)
+with out:
+    if offset:
+        # Resuming: the bytes an interrupted attempt left are hashed first, and the rest follows them.
+        out.seek(0, 2)
+        if out.tell() < offset:
+            sys.stderr.write("edgefleet: {} holds {} bytes, fewer than {}\\n".format(
+                sys.argv[1], out.tell(), offset))
+            sys.exit(125)
+        out.truncate(offset)
+        out.seek(0)
+        left = offset
+        while left:
+            block = out.read(min(left, 1 << 20))
+            if not block:
+                sys.exit(125)  # it shrank under us
+            digest.update(block)
+            left -= len(block)
     while True:
         block = source.read(1 << 20)
         if not block:
@@ -77,8 +102,10 @@ with open(sys.argv[1], "wb") as out:
     os.fsync(out.fileno())
 print(digest.hexdigest())
 """
+# $1 remote path, $2 the receiver, $3 offset (bytes already there; only Python can resume: exit 125).
 _HASHED_PUT_SCRIPT = (
-    'if command -v python3 >/dev/null 2>&1; then exec python3 -c "$2" "$1"; fi\n'
+    'if command -v python3 >/dev/null 2>&1; then exec python3 -c "$2" "$1" "$3"; fi\n'
+    '[ "$3" = 0 ] || exit 125\n'
     'command -v tee >/dev/null 2>&1 && command -v sha256sum >/dev/null 2>&1 || exit 127\n'
     '{ tee -- "$1" || echo "edgefleet: tee could not write $1" >&2; } | sha256sum || exit 1\n'
     'sync -- "$1" 2>/dev/null || sync\n'
@@ -337,7 +364,8 @@ class SshTransport(TransportBase):
         except (OSError, EOFError, paramiko.SSHException) as err:
             raise self._transfer_error(err, f"upload of {local} to {remote}") from err
 
-    def put_hashed(self, local: Path, remote: str, *, progress: Progress | None = None) -> str | None:
+    def put_hashed(self, local: Path, remote: str, *, progress: Progress | None = None,
+                   offset: int = 0) -> str | None:
         """Write ``local`` to ``remote`` and return the sha256 the DEVICE computed of the bytes it wrote
         (then fsynced); None when the device lacks ``tee``/``sha256sum`` (use put, then hash there).
 
@@ -358,9 +386,11 @@ class SshTransport(TransportBase):
         try:
             # No progress for io_timeout_s while sending means the link is gone (as for SFTP).
             chan.settimeout(self.connection.io_timeout_s)
-            chan.exec_command(shlex.join(["sh", "-c", _HASHED_PUT_SCRIPT, "sh", remote, _RECEIVE_PY]))
-            sent = 0
+            chan.exec_command(shlex.join(["sh", "-c", _HASHED_PUT_SCRIPT, "sh", remote, _RECEIVE_PY,
+                                          str(offset)]))
+            sent = offset
             with local.open("rb") as source:
+                source.seek(offset)
                 while not chan.exit_status_ready() and (block := source.read(_PUT_BLOCK)):
                     try:
                         chan.sendall(block)
@@ -390,6 +420,9 @@ class SshTransport(TransportBase):
         stderr = err_text.decode("utf-8", "replace").strip()
         if status == 127:
             return None
+        if status == 125:
+            raise ResumeRefused(f"{self.describe()}: cannot resume the {what} at byte {offset}: "
+                                f"{stderr.splitlines()[-1] if stderr else 'no Python on the device'}")
         digest = out.decode("ascii", "replace").split()[:1]
         if status != 0 or "edgefleet: tee could not write" in stderr or not digest:
             last = stderr.splitlines()[-1] if stderr else "no output"  # a traceback's last line says it all
