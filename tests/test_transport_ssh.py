@@ -82,6 +82,35 @@ def test_command_timeout_names_the_command(rpi3: Transport) -> None:
     assert rpi3.run(["echo", "still usable"]).stdout == "still usable\n"
 
 
+def _processes_with(marker: str) -> list[str]:
+    """Command lines of running processes that mention ``marker`` (the netns devices share this host's pids)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def test_a_timed_out_command_does_not_live_on_on_the_device(rpi3: Transport) -> None:
+    """The device bounds every command itself (`timeout`, a second past the limit): what this side gave up
+    on, its children included, ends there too instead of running on with nobody waiting."""
+    marker = f"{time.monotonic_ns() % 10**6 + 1000}.25"  # a sleep length no other process has
+    with pytest.raises(CommandTimeout):
+        rpi3.run(["sh", "-c", f"sleep {marker} & sleep {marker}; wait"], timeout=0.5)
+    assert _processes_with(f"sleep {marker}"), "the command should still run right after the timeout here"
+    deadline = time.monotonic() + 10
+    while _processes_with(f"sleep {marker}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_with(f"sleep {marker}") == []
+    # A command within its limit is unaffected: exit status, stdout, stderr and stdin as ever.
+    result = rpi3.run(["sh", "-c", "cat; echo err >&2; exit 3"], stdin=b"in", check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (3, "in", "err\n")
+
+
 def test_hostile_arguments_are_data(rpi3: Transport, rpi3_scratch: Path) -> None:
     canary = rpi3_scratch / "pwned"
     hostile = _hostile(canary)

@@ -9,6 +9,7 @@ data and slow for anything large.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
 import shlex
@@ -110,6 +111,17 @@ _HASHED_PUT_SCRIPT = (
     '{ tee -- "$1" || echo "edgefleet: tee could not write $1" >&2; } | sha256sum || exit 1\n'
     'sync -- "$1" 2>/dev/null || sync\n'
 )
+# Every command runs under the device's own `timeout` (coreutils, or busybox >= 1.30), a second past the
+# limit here: a command this side gave up on, or whose link dropped, would otherwise run on with nobody
+# waiting for it. `timeout` ends the command's whole process group (a detached agent has its own session).
+# A device without a working `timeout` runs the command as it is. $1 is the limit in seconds.
+_BOUNDED = 'limit=$1; shift; if timeout 1 true 2>/dev/null; then exec timeout "$limit" "$@"; fi; exec "$@"'
+
+
+def bounded(args: Sequence[str], limit_s: float) -> list[str]:
+    return ["sh", "-c", _BOUNDED, "sh", str(math.ceil(limit_s) + 1), *args]
+
+
 # SFTP errors that mean "this path is wrong", not "the link is gone".
 _PATH_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEXIST}
 
@@ -282,7 +294,7 @@ class SshTransport(TransportBase):
             self.close()
             raise TransportUnavailable(f"{self.describe()}: cannot open an SSH session: {err}") from err
         try:
-            result = self._exchange(chan, command, limit, label, stdin)
+            result = self._exchange(chan, shlex.join(bounded(args, limit)), command, limit, label, stdin)
         except (paramiko.SSHException, EOFError, OSError) as err:
             self.close()
             raise TransportUnavailable(f"{self.describe()}: connection lost while running: "
@@ -293,10 +305,11 @@ class SshTransport(TransportBase):
             raise command_failed(self.describe(), args, result)
         return result
 
-    def _exchange(self, chan: paramiko.Channel, command: str, limit: float, label: str,
+    def _exchange(self, chan: paramiko.Channel, remote: str, command: str, limit: float, label: str,
                   stdin: bytes | None) -> RunResult:
+        """Run ``remote`` (``command`` as the device runs it); messages show ``command``."""
         deadline = time.monotonic() + limit
-        chan.exec_command(command)
+        chan.exec_command(remote)
         if stdin:
             def feed() -> None:
                 try:
