@@ -64,12 +64,13 @@ def build_task(c, target, model=None, dry_run=False, jobs=None, backend=None, st
                        jobs=int(jobs) if jobs else None, backend=backend, strict=strict))
 
 
-@task(name="clean", help={"all": "also remove downloads, wheelhouses, fleet state and results"})
+@task(name="clean", help={"all": "also remove downloads, wheelhouses, fleet state and results",
+                          "images": "also remove builder images but the newest of each builder (Docker engine)"})
 @reports_errors
-def clean_task(c, all=False):  # noqa: A002  (the flag reads --all)
+def clean_task(c, all=False, images=False):  # noqa: A002  (the flag reads --all)
     """Remove built artifacts."""
     from edgefleet.api.clean import CleanOptions, clean
-    clean(CleanOptions(all_state=all))
+    clean(CleanOptions(all_state=all, images=images))
 
 
 @task(name="deploy", help={

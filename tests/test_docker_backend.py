@@ -240,3 +240,47 @@ def test_unreachable_engine_is_a_build_error(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="cannot reach the Docker engine"):
         backend.run_step(StepRequest(kind="selftest.env", builder=SMALL_BUILDER, inputs={}, params={},
                                      out_dir=tmp_path / "out"), lambda line: None)
+
+
+def test_clean_images_keeps_the_newest_of_each_builder(docker_client: Any, base_image: str) -> None:
+    import io
+
+    from edgefleet.images.prune import builder_tags, prune_builder_images
+
+    prefix = f"{IMAGE_PREFIX}prunetest{uuid.uuid4().hex[:6]}"
+    tags = []
+    for builder in ("a", "b"):
+        for version in ("old", "new"):
+            tag = f"{prefix}-{builder}:{version}"
+            dockerfile = f"FROM {base_image}\nLABEL edgefleet.prunetest={builder}-{version}\n"
+            docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+            tags.append(tag)
+            time.sleep(1.1)  # creation times to the second are enough to order them
+    in_use = docker_client.containers.create(f"{prefix}-b:old", command=["true"])
+    try:
+        lines: list[str] = []
+        result = prune_builder_images(docker_client, prefix=prefix, log=lines.append)
+        assert sorted(result.kept) == [f"{prefix}-a:new", f"{prefix}-b:new"]
+        assert result.removed == [f"{prefix}-a:old"]
+        assert lines == [f"+ docker rmi {prefix}-a:old", f"+ docker rmi {prefix}-b:old"]  # every attempt echoed
+        assert [tag for tag, _ in result.failed] == [f"{prefix}-b:old"]  # a container still uses it
+        assert "container" in result.failed[0][1]
+        left = {tag for tags_ in builder_tags(docker_client, prefix).values() for _, tag in tags_}
+        assert left == {f"{prefix}-a:new", f"{prefix}-b:new", f"{prefix}-b:old"}
+    finally:
+        in_use.remove(force=True)
+        for tag in tags:
+            try:
+                docker_client.images.remove(tag)
+            except Exception:  # noqa: BLE001  (already gone)
+                pass
+
+
+def test_clean_images_without_an_engine_says_how_to_reach_one(tmp_path: Path) -> None:
+    from edgefleet.api.clean import CleanOptions, clean
+    from edgefleet.api.context import Env
+    from edgefleet.console import make_console
+
+    (tmp_path / "edgefleet.yaml").write_text("backend: docker\ndocker_host: tcp://127.0.0.1:9\n")
+    with pytest.raises(ToolUnavailableError, match="cannot reach the Docker engine at tcp://127.0.0.1:9.*docker_host"):
+        clean(CleanOptions(images=True, workspace=tmp_path), Env(console=make_console(quiet=True), cwd=tmp_path))

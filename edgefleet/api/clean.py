@@ -1,16 +1,21 @@
-"""`invoke clean`: remove built artifacts (and, with all_state, every cache)."""
+"""`invoke clean`: remove built artifacts (and, with all_state, every cache; with images, stale builder images)."""
 from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.markup import escape
+
 from edgefleet.api.context import Env
+from edgefleet.images.prune import PruneResult
+from edgefleet.workspace import Workspace
 
 
 @dataclass(frozen=True)
 class CleanOptions:
     all_state: bool = False  # also downloads, wheelhouses and results
+    images: bool = False     # also builder images older than the newest of each builder (Docker engine)
     workspace: Path | None = None
 
 
@@ -24,4 +29,19 @@ def clean(options: CleanOptions, env: Env | None = None) -> list[Path]:
             env.console.print(f"+ rm -rf {path}", markup=False, style="dim")
             shutil.rmtree(path)
             removed.append(path)
+    if options.images:
+        prune_images(ws, env)
     return removed
+
+
+def prune_images(ws: Workspace, env: Env) -> PruneResult:
+    from edgefleet.backends.docker import open_docker_client
+    from edgefleet.images.prune import prune_builder_images
+
+    client = open_docker_client(ws.settings.docker_host, env.environ)
+    result = prune_builder_images(client, log=lambda line: env.console.print(line, markup=False, style="dim"))
+    for tag, why in result.failed:
+        env.console.print(f"[yellow]kept[/] {escape(tag)}: {escape(why)}")
+    env.console.print(f"builder images: {len(result.removed)} removed, {len(result.kept)} kept (the newest of "
+                      f"each builder){f', {len(result.failed)} in use' if result.failed else ''}")
+    return result

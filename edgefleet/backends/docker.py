@@ -183,6 +183,20 @@ class DockerBackend:
         log(f"step {request.kind} done in {time.monotonic() - started:.1f} s ({image.tag})")
 
 
+def open_docker_client(docker_host: str | None, env: Mapping[str, str]) -> docker.DockerClient:
+    """A client of the engine ``docker_host`` names (else DOCKER_HOST, else the local socket), checked to answer."""
+    import docker.errors
+
+    try:
+        client = _client_factory(docker_host, env)()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        where = docker_host or env.get("DOCKER_HOST") or "the local socket"
+        raise ToolUnavailableError(f"cannot reach the Docker engine at {where}: {exc}; start it, or set "
+                                   "docker_host in edgefleet.yaml (or DOCKER_HOST)") from exc
+    return client
+
+
 def _client_factory(docker_host: str | None, env: Mapping[str, str]) -> Callable[[], docker.DockerClient]:
     def factory() -> docker.DockerClient:
         import docker
