@@ -111,15 +111,19 @@ _HASHED_PUT_SCRIPT = (
     '{ tee -- "$1" || echo "edgefleet: tee could not write $1" >&2; } | sha256sum || exit 1\n'
     'sync -- "$1" 2>/dev/null || sync\n'
 )
-# Every command runs under the device's own `timeout` (coreutils, or busybox >= 1.30), a second past the
-# limit here: a command this side gave up on, or whose link dropped, would otherwise run on with nobody
-# waiting for it. `timeout` ends the command's whole process group (a detached agent has its own session).
-# A device without a working `timeout` runs the command as it is. $1 is the limit in seconds.
-_BOUNDED = 'limit=$1; shift; if timeout 1 true 2>/dev/null; then exec timeout "$limit" "$@"; fi; exec "$@"'
+# Every command runs under the device's own `timeout` (coreutils), a second past the limit here: a command
+# this side gave up on, or whose link dropped, would otherwise run on with nobody waiting for it. `timeout`
+# ends the command's whole process group (a detached agent has a session of its own). The test is shell
+# built-ins only (no process start per command); a symlinked `timeout` is busybox's or toybox's, whose
+# arguments differ between versions, so such a device, like one without it, runs commands as they are.
+DEVICE_TIMEOUT = "/usr/bin/timeout"
 
 
-def bounded(args: Sequence[str], limit_s: float) -> list[str]:
-    return ["sh", "-c", _BOUNDED, "sh", str(math.ceil(limit_s) + 1), *args]
+def bounded(args: Sequence[str], limit_s: float) -> str:
+    """The command line that runs ``args`` under the device's timeout, in the user's (POSIX) shell."""
+    command = shlex.join(args)
+    t = DEVICE_TIMEOUT
+    return f"if [ -x {t} ] && [ ! -L {t} ]; then exec {t} {math.ceil(limit_s) + 1} {command}; fi; exec {command}"
 
 
 # SFTP errors that mean "this path is wrong", not "the link is gone".
@@ -294,7 +298,7 @@ class SshTransport(TransportBase):
             self.close()
             raise TransportUnavailable(f"{self.describe()}: cannot open an SSH session: {err}") from err
         try:
-            result = self._exchange(chan, shlex.join(bounded(args, limit)), command, limit, label, stdin)
+            result = self._exchange(chan, bounded(args, limit), command, limit, label, stdin)
         except (paramiko.SSHException, EOFError, OSError) as err:
             self.close()
             raise TransportUnavailable(f"{self.describe()}: connection lost while running: "
