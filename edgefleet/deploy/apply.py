@@ -46,6 +46,10 @@ def _write_remote_text(transport: Transport, remote: str, text: str) -> None:
                   stdin=text.encode())
 
 
+def _write_run_config(transport: Transport, action: WriteRunConfig) -> None:
+    _write_remote_text(transport, action.remote, json.dumps(action.config, indent=2))
+
+
 def provision_runtime(transport: Transport, workdir: str, action: ProvisionRuntime, python: str, say: Say) -> None:
     venv = f"{workdir}/runtime/venv"
     say(f"provisioning the runtime venv from the pushed wheelhouse ({len(action.requirements)} requirements)")
@@ -108,23 +112,26 @@ def apply_plan(plan: DeployPlan, transport: Transport, workdir: str, *, python: 
                 has_runtime_venv = True
             elif isinstance(action, WriteRunConfig):
                 if pending_config is not None:
-                    _write_remote_text(transport, pending_config.remote, json.dumps(pending_config.config, indent=2))
+                    _write_run_config(transport, pending_config)
                 pending_config = action
             elif isinstance(action, StartAgent):
                 agent_python = runtime_python(workdir, has_runtime_venv, python)
                 argv = [agent_python, action.agent, "start", action.run_dir]
-                config = None
-                if pending_config is not None and pending_config.remote == posixpath.join(action.run_dir, RUN_FILE):
-                    # The agent validates run.json and writes it itself: one round trip instead of two.
-                    argv, config, pending_config = [*argv, "--config", "-"], pending_config.config, None
-                started = transport.run(argv, timeout=60,
-                                        stdin=json.dumps(config).encode() if config is not None else None)
+                stdin = None
+                if pending_config is not None:
+                    if pending_config.remote == posixpath.join(action.run_dir, RUN_FILE):
+                        # The agent validates run.json and writes it itself: one round trip instead of two.
+                        argv, stdin = [*argv, "--config", "-"], json.dumps(pending_config.config).encode()
+                    else:
+                        _write_run_config(transport, pending_config)
+                    pending_config = None
+                started = transport.run(argv, timeout=60, stdin=stdin)
                 say(f"agent started detached: {escape(started.stdout.strip())}")
                 try:
                     result.agent_pid = int(started.stdout.strip().split()[-1])
                 except (ValueError, IndexError):
                     result.agent_pid = None
         if pending_config is not None:
-            _write_remote_text(transport, pending_config.remote, json.dumps(pending_config.config, indent=2))
+            _write_run_config(transport, pending_config)
     result.runtime_venv = has_runtime_venv
     return result
