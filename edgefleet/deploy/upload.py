@@ -27,7 +27,7 @@ class UploadResult:
     sent_bytes: int   # bytes put on the wire, counting attempts that failed
     skipped: bool     # the device already had this exact file; nothing was sent
     attempts: int = 1
-    resumed_bytes: int = 0  # bytes a retry did not send again: an earlier attempt had put them there
+    resumed_bytes: int = 0  # bytes the successful attempt did not send: an earlier one had put them there
 
 
 class _Corrupted(Exception):
@@ -131,7 +131,6 @@ class _Upload:
         except ResumeRefused:
             offset = 0
             got = self._send(temp, 0)
-        self.resumed += offset
         if got != self.sha256:
             self.discard_temps()  # a bad prefix would come back on resume
             if file_sha256(self.local) != self.sha256:
@@ -140,6 +139,7 @@ class _Upload:
             raise _Corrupted(f"sha256 on the device is {got}, expected {self.sha256}")
         t.run(["mv", "-f", "--", temp, remote])
         self.temps.remove(temp)
+        self.resumed = offset  # what this, the successful, attempt did not have to send
         return self._result(number, skipped=False)
 
     def _result(self, number: int, *, skipped: bool) -> UploadResult:
