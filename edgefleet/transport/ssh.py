@@ -409,15 +409,21 @@ class SshTransport(TransportBase):
             with local.open("rb") as source:
                 source.seek(offset)
                 while not chan.exit_status_ready() and (block := source.read(_PUT_BLOCK)):
-                    try:
-                        chan.sendall(block)
-                    except OSError:
-                        if chan.exit_status_ready():
-                            break  # the far side gave up early (no tools); its status says why
-                        raise
-                    sent += len(block)
-                    if progress is not None:
-                        progress(sent, total)
+                    view = memoryview(block)
+                    while view:
+                        try:
+                            n = chan.send(view)
+                        except OSError:
+                            if chan.exit_status_ready():
+                                break  # the far side gave up early (no tools); its status says why
+                            raise
+                        # Counted as it goes: after a drop, the bytes sent so far are the wire's true count.
+                        sent += n
+                        view = view[n:]
+                        if progress is not None:
+                            progress(sent, total)
+                    if view:
+                        break
             chan.shutdown_write()
             # What remains is hashing the tail and the fsync: the command timeout bounds it.
             chan.settimeout(self.connection.command_timeout_s)
