@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import pytest
 from rich.console import Console
+
+from agent_fixtures import wait_for
 
 from edgefleet.api.build import BuildOptions, build
 from edgefleet.api.collect import CONNECTION, CollectOptions, collect_benchmarks, results_db_path
@@ -354,16 +356,6 @@ def _run_dir(ws: Workspace, run_id: str) -> Path:
     return ws.hostile_workdir / "runs" / run_id
 
 
-def _wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
 def _lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -383,7 +375,7 @@ def test_r2_killed_agent_is_interrupted_keeps_finished_cells_and_resumes(ws: Wor
                                    bench_overrides=(("min_duration_s", 1.5),)), env())
     assert started.applied and started.applied.agent_pid
     results = _run_dir(ws, started.run_id) / "results.jsonl"
-    _wait_for(lambda: len(_lines(results)) == 1, 60)
+    wait_for(lambda: len(_lines(results)) == 1, 60)
     os.kill(started.applied.agent_pid, signal.SIGKILL)
     finished = _lines(results)
     assert len(finished) == 1
@@ -489,7 +481,7 @@ def test_r9_a_run_in_progress_is_shown_running_and_collecting_twice_changes_noth
                                    bench_overrides=(("min_duration_s", 1.5),)), env())
     try:
         status_file = _run_dir(ws, started.run_id) / "status.json"
-        _wait_for(lambda: status_file.exists() and json.loads(status_file.read_text())["state"] == "running", 30)
+        wait_for(lambda: status_file.exists() and json.loads(status_file.read_text())["state"] == "running", 30)
         during = collect_benchmarks(CollectOptions(runs=(started.run_id,), workspace=ws.root), env())
         with _db(ws) as db:
             state, done, total = db.execute("SELECT state, cells_done, cells_total FROM runs WHERE run_id = ?",

@@ -286,17 +286,19 @@ class SshTransport(TransportBase):
 
     # -- commands ---------------------------------------------------------
 
+    def _open_session(self) -> paramiko.Channel:
+        try:
+            return self._transport().open_session(timeout=self.connection.connect_timeout_s)
+        except (paramiko.SSHException, EOFError, OSError) as err:
+            self.close()
+            raise TransportUnavailable(f"{self.describe()}: cannot open an SSH session: {err}") from err
+
     def run(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True,
             stdin: bytes | None = None) -> RunResult:
         args = check_argv(argv)
         command = shlex.join(args)
         limit, label = command_limit(timeout, self.connection.command_timeout_s)
-        transport = self._transport()
-        try:
-            chan = transport.open_session(timeout=self.connection.connect_timeout_s)
-        except (paramiko.SSHException, EOFError, OSError) as err:
-            self.close()
-            raise TransportUnavailable(f"{self.describe()}: cannot open an SSH session: {err}") from err
+        chan = self._open_session()
         try:
             result = self._exchange(chan, bounded(args, limit), command, limit, label, stdin)
         except (paramiko.SSHException, EOFError, OSError) as err:
@@ -394,12 +396,7 @@ class SshTransport(TransportBase):
             raise TransportError(f"{self.describe()}: cannot upload {local}: no such local file")
         what = f"upload of {local} to {remote}"
         total = local.stat().st_size
-        transport = self._transport()
-        try:
-            chan = transport.open_session(timeout=self.connection.connect_timeout_s)
-        except (paramiko.SSHException, EOFError, OSError) as err:
-            self.close()
-            raise TransportUnavailable(f"{self.describe()}: cannot open an SSH session: {err}") from err
+        chan = self._open_session()
         try:
             # No progress for io_timeout_s while sending means the link is gone (as for SFTP).
             chan.settimeout(self.connection.io_timeout_s)
