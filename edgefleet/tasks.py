@@ -106,13 +106,15 @@ def collect_task(c, run=None, baseline=None, threshold=0.10):
 
 
 @task(name="up", help={"devices": "comma-separated target names (default: rpi3,jetson-nano,coral)",
-                       "isolation": "auto, netns or loopback"})
+                       "isolation": "auto, netns or loopback",
+                       "emulate": "qemu (default): each board's own CPU architecture and OS under qemu-user; "
+                                  "host: this host's CPU stands in (fast, labelled)"})
 @reports_errors
-def fleet_up_task(c, devices=None, isolation="auto"):
+def fleet_up_task(c, devices=None, isolation="auto", emulate="qemu"):
     """Start the emulated fleet: a network namespace with its own sshd per device."""
     from edgefleet.api.fleet import DEFAULT_DEVICES, FleetUpOptions, up
     names = tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else DEFAULT_DEVICES
-    up(FleetUpOptions(devices=names, isolation=isolation))
+    up(FleetUpOptions(devices=names, isolation=isolation, emulate=emulate))
 
 
 @task(name="down")
@@ -157,12 +159,13 @@ def doctor_task(c, target=None, no_devices=False, connect_timeout=3.0):
         raise Exit(f"doctor: {len(report.failed)} required check(s) failed; see the table above", code=1)
 
 
-@task(name="demo", help={"keep-fleet": "leave the emulated fleet running afterwards"})
+@task(name="demo", help={"keep-fleet": "leave the emulated fleet running afterwards",
+                         "emulate": "qemu (default): boards' own architectures under qemu-user; host: this CPU"})
 @reports_errors
-def demo_task(c, keep_fleet=False):
+def demo_task(c, keep_fleet=False, emulate="qemu"):
     """Build the bundled model for every target, deploy it to the emulated fleet, benchmark, report."""
     from edgefleet.api.demo import DemoOptions, demo
-    demo(DemoOptions(keep_fleet=keep_fleet))
+    demo(DemoOptions(keep_fleet=keep_fleet, emulate=emulate))
 
 
 def make_collection() -> Collection:

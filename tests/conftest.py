@@ -16,6 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 for _module in ("fleet_fixtures", "agent_fixtures", "convert_fixtures", "docker_fixtures"):
     pytest.register_assert_rewrite(_module)
 REAL_COMPONENT_MARKERS = ("docker", "ssh", "convert")
+# Root filesystems of the qemu-user fleet take minutes to build: every test workspace shares the repository's.
+os.environ.setdefault("EDGEFLEET_ROOTFS_CACHE", str(REPO / ".edgefleet" / "rootfs"))
+# ... and so do the venvs that check artifacts load in a profile's pinned runtime version.
+os.environ.setdefault("EDGEFLEET_COMPAT_CACHE", str(REPO / ".edgefleet" / "runtime-compat"))
 
 
 @pytest.hookimpl(hookwrapper=True)

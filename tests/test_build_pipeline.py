@@ -66,10 +66,12 @@ def test_coral_dry_run_prints_the_plan_and_builds_nothing(workspace_copy):
 
 def test_misspelled_key_from_the_cli(workspace_copy):
     path = workspace_copy / "targets" / "rpi3.yaml"
+    lines = path.read_text().splitlines()
+    line = lines.index("  threads: [1, 2, 3, 4]") + 1
     path.write_text(path.read_text().replace("  threads: [1, 2, 3, 4]", "  thread: [1, 2, 3, 4]"))
     result = invoke(workspace_copy, "build", "--target", "rpi3")
     assert result.returncode == 2
-    assert "targets/rpi3.yaml:21:3: unknown key 'thread' (did you mean 'threads'?)" in result.stderr
+    assert f"targets/rpi3.yaml:{line}:3: unknown key 'thread' (did you mean 'threads'?)" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
 
 

@@ -91,11 +91,53 @@ def test_real_device_with_wrong_arch_is_an_error():
         plan_deploy(request(profile()), facts(arch="x86_64"))
 
 
-def test_emulated_device_may_differ_and_it_is_recorded():
-    plan = plan_deploy(request(profile()), facts(arch="x86_64", identity={"emulated": True}))
-    assert any("emulated" in w for w in plan.warnings)
+@pytest.mark.parametrize("emulated, host_cpu, allowed", [
+    (False, False, False),   # a real board that answers with another arch: wrong host
+    (True, False, False),    # a qemu-user device runs the board's own arch, so a mismatch is an error too
+    (True, True, True),      # only the explicit host-CPU stand-in (`--emulate host`) may differ, labelled
+])
+def test_only_the_host_cpu_standin_may_differ_in_arch(emulated, host_cpu, allowed):
+    req = replace(request(profile(), emulated=emulated), host_cpu_standin=host_cpu,
+                  emulation={"kind": "host-cpu" if host_cpu else "qemu-user"})
+    wrong_arch = facts(arch="x86_64", identity={"emulated": True} if emulated else None)
+    if not allowed:
+        with pytest.raises(DeployError, match="reports arch 'x86_64' but profile 'dev' says 'armv7l'"):
+            plan_deploy(req, wrong_arch)
+        return
+    plan = plan_deploy(req, wrong_arch)
+    assert any("emulated by this host's CPU" in w for w in plan.warnings)
     config = next(a for a in plan.actions if isinstance(a, WriteRunConfig)).config
-    assert config["emulated"] is True
+    assert config["emulated"] is True and config["emulation"] == {"kind": "host-cpu"}
+
+
+def os_numpy_profile() -> Profile:
+    return profile().model_copy(update={"runtime": profile().runtime.model_copy(
+        update={"os_packages": {"numpy": "python3-numpy"}})})
+
+
+@pytest.mark.parametrize("host_cpu, missing, error", [
+    (False, (), None),
+    (False, ("numpy",), "cannot import numpy, which profile 'dev' takes from the OS package python3-numpy"),
+    (True, ("numpy",), None),   # the host-CPU stand-in gets this host's wheels, numpy included
+])
+def test_os_packages_are_checked_before_anything_is_sent(host_cpu, missing, error):
+    req = replace(request(os_numpy_profile(), wheels=[lf("w.whl")]), host_cpu_standin=host_cpu)
+    device = replace(facts(), missing_modules=missing)
+    if error:
+        with pytest.raises(DeployError, match=error) as failure:
+            plan_deploy(req, device)
+        assert "`sudo apt install python3-numpy`" in str(failure.value) and "Nothing was sent" in str(failure.value)
+        return
+    provision = [a for a in plan_deploy(req, device).actions if isinstance(a, ProvisionRuntime)]
+    # The venv sees the OS's numpy exactly when the profile takes it from the OS.
+    assert [a.system_site_packages for a in provision] == [not host_cpu]
+
+
+def test_switching_to_system_site_packages_reprovisions():
+    plain = plan_deploy(request(profile(), wheels=[lf("w.whl")]), facts())
+    digest = next(a for a in plain.actions if isinstance(a, ProvisionRuntime)).digest
+    seeing_os = plan_deploy(request(os_numpy_profile(), wheels=[lf("w.whl")]), facts(runtime={"digest": digest}))
+    assert [a.system_site_packages for a in seeing_os.actions if isinstance(a, ProvisionRuntime)] == [True]
 
 
 def test_full_disk_fails_before_sending_and_names_bytes():

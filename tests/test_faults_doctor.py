@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.api.context import Env
-from edgefleet.api.doctor import HOST, DoctorOptions, doctor
+from edgefleet.api.doctor import HOST, DoctorOptions, doctor, emulation_checks
 from edgefleet.console import make_console
 from edgefleet.deploy.devices import fleet_dir
 from edgefleet.fleet import DeviceSpec, EmulatedFleet, sshd
@@ -101,9 +102,35 @@ def test_doctor_reports_each_device_and_how_to_fix_it(ws: Doctored) -> None:
     host = report.of(HOST)
     assert host["python"].status == "ok" and host["converters"].status == "ok"
     assert {"sshd", "ip", "debootstrap", "adb", "docker engine"} <= set(host)
+    assert {"qemu-user-static", "binfmt_misc", "binfmt qemu-arm", "binfmt qemu-aarch64"} <= set(host)
     assert not report.ok
     assert {(c.scope, c.name) for c in report.failed} == {
         ("dr-down", "reachable"), ("dr-direct", "runtime"), ("dr-badkey", "host key")}
+
+
+def test_doctor_checks_the_emulated_userlands(tmp_path: Path) -> None:
+    (tmp_path / "targets").mkdir()
+    (tmp_path / "edgefleet.yaml").write_text("backend: local\n")
+    report = doctor(DoctorOptions(workspace=tmp_path, devices=False), Env(console=make_console(quiet=True)))
+    host = report.of(HOST)
+    emulation = {n: host[n] for n in ("qemu-user-static", "binfmt_misc", "binfmt qemu-arm", "binfmt qemu-aarch64")}
+    assert {n: c.status for n, c in emulation.items()} == dict.fromkeys(emulation, "ok")
+    assert re.fullmatch(r"qemu-arm \d+\.\d+\.\d+ \(\S+\), qemu-aarch64 \d+\.\d+\.\d+ \(\S+\)",
+                        emulation["qemu-user-static"].detail)
+    assert emulation["binfmt_misc"].detail == "mounted at /proc/sys/fs/binfmt_misc"
+    assert emulation["binfmt qemu-arm"].detail.startswith("armhf: enabled, flags PF, ")
+    assert emulation["binfmt qemu-aarch64"].detail.startswith("arm64: enabled, flags PF, ")
+
+    # A machine without binfmt_misc mounted (a fake /proc tree): every row says what to run.
+    unmounted = tmp_path / "binfmt_misc"
+    unmounted.mkdir()
+    rows = {c.name: c for c in emulation_checks(unmounted)}
+    assert rows["qemu-user-static"].status == "ok"
+    assert (rows["binfmt_misc"].status, rows["binfmt_misc"].fix) == (
+        "warn", f"mount -t binfmt_misc binfmt_misc {unmounted}")
+    assert (rows["binfmt qemu-arm"].status, rows["binfmt qemu-arm"].fix) == ("warn", "update-binfmts --enable qemu-arm")
+    assert rows["binfmt qemu-aarch64"].fix == "update-binfmts --enable qemu-aarch64"
+    assert "needed for armhf devices" in rows["binfmt qemu-arm"].detail
 
 
 def _invoke(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -122,6 +149,7 @@ def test_invoke_doctor_exits_non_zero_only_when_something_required_is_wrong(ws: 
     fine = _invoke(ws.root, "--target", "dr-good")
     assert fine.returncode == 0, fine.stdout + fine.stderr
     assert "everything required is in place" in fine.stdout and "dr-down" not in fine.stdout
+    assert "binfmt qemu-arm" in fine.stdout and "qemu-user-static" in fine.stdout
 
 
 def test_host_checks_do_not_import_the_converters() -> None:

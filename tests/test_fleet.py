@@ -62,7 +62,8 @@ def test_inventory_describes_each_device(fleet: EmulatedFleet) -> None:
         assert conn.host in Path(conn.known_hosts or "").read_text()
         identity = json.loads((Path(device.workdir) / IDENTITY_FILE).read_text())
         assert identity == {"name": name, "stands_in_for": device.stands_in_for, "arch": device.arch,
-                            "emulated": True, "host_arch": platform.machine()}
+                            "emulated": True, "host_arch": platform.machine(), "emulation": device.emulation}
+        assert device.emulation["kind"] == "host-cpu" and device.root is None
         assert device.link is not None and len(device.link) <= 15
     assert len(hosts) == 2
     with pytest.raises(ConfigError, match="no emulated device 'nope'.*coral, rpi3"):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from rich.console import Console
 
 from edgefleet.errors import ResultsError
 from edgefleet.report import build_table, render_report, rich_table
+from edgefleet.report.devices import build_devices
 from edgefleet.report.plots import pareto_front
 from edgefleet.report.tables import EMULATED_NOTE, FLAG_GATE_FAILED, FLAG_REGRESSION, format_number
 from edgefleet.results import AccuracyRecord, ResultsDB, ingest_log, ingest_run_dir, ingest_status
@@ -148,3 +150,106 @@ def test_unknown_runs_and_baselines_are_errors(db: ResultsDB, agent_run: AgentRu
         render_report(db, ["nope"], tmp_path)
     with pytest.raises(ResultsError, match="baseline"):
         build_table(db, [agent_run.run_id], baseline_run="nope")
+
+
+RPI3_DIFFERS = ("CPU speed (qemu-arm translates every instruction: latencies are not a Pi's), the Pi's kernel, "
+                "firmware and vcgencmd")
+QEMU_RPI3 = {"kind": "qemu-user", "emulator": "qemu-arm 7.2.22", "host_arch": "x86_64",
+             "emulated_os": "Debian 12 (bookworm) armhf userland under qemu-arm",
+             "board_os": "Raspberry Pi OS (32-bit) Bookworm", "differs": RPI3_DIFFERS, "runtime_standin": [],
+             "rootfs": "bookworm-armhf"}
+HOST_CPU = {"kind": "host-cpu", "emulator": None, "host_arch": "x86_64",
+            "note": "this host's CPU, OS and Python stand in for the board"}
+QEMU_CORAL = dict(QEMU_RPI3, emulator="qemu-aarch64 7.2.22", board_os="Mendel Linux 5.3",
+                  differs="Mendel Linux 5.3 is Debian 10; there is no Edge TPU",
+                  runtime_standin=["tflite-runtime==2.14.0"])
+DEBIAN = "Debian GNU/Linux 12 (bookworm)"
+OS_NUMPY = "/usr/lib/python3/dist-packages/numpy"
+TFLITE_RUNTIME = {"module": "tflite_runtime.interpreter", "version": "2.14.0"}
+NOT_MEASURED = dict.fromkeys(("load_ms", "first_inference_ms", "runs", "duration_s", "latency_ms", "cv", "unstable",
+                              "delegate_coverage", "runtime_info"))
+
+
+def _device_log(agent_run: AgentRun, run_id: str, device: str, env: dict, *, emulated: bool = True,
+                failed: bool = False) -> bytes:
+    """The main run's real lines, as another device with its own environment would have written them."""
+    lines = []
+    for raw in agent_run.lines:
+        line = dict(raw, run_id=run_id, device=device, emulated=emulated, env=dict(raw["env"], **env),
+                    runtime_info=TFLITE_RUNTIME)
+        if failed:
+            line.update(NOT_MEASURED, status="error", reason="RuntimeError: the model does not load")
+        lines.append(json.dumps(line) + "\n")
+    return "".join(lines).encode()
+
+
+def _ingest_fleet(db: ResultsDB, agent_run: AgentRun, quarantine: Path) -> None:
+    devices = {
+        "rpi3": dict(env={"uname": {"machine": "armv7l"}, "os": DEBIAN, "python": "3.11.2", "numpy": "1.24.2",
+                          "numpy_path": OS_NUMPY, "emulated": True, "emulation": QEMU_RPI3}),
+        "host": dict(env={"uname": {"machine": "x86_64"}, "os": DEBIAN, "python": "3.11.7", "numpy": "2.4.6",
+                          "numpy_path": "/work/venv/lib/python3.11/site-packages/numpy", "emulated": True,
+                          "emulation": HOST_CPU}),
+        "jetson": dict(emulated=False, env={"uname": {"machine": "aarch64"}, "os": "Ubuntu 18.04.6 LTS",
+                                            "python": "3.6.9", "numpy": "1.13.3", "numpy_path": OS_NUMPY,
+                                            "emulated": False, "emulation": None}),
+        "coral": dict(failed=True, env={"uname": {"machine": "aarch64"}, "os": DEBIAN, "python": "3.11.2",
+                                        "numpy": "1.24.2", "numpy_path": OS_NUMPY, "emulated": True,
+                                        "emulation": QEMU_CORAL}),
+    }
+    for device, spec in devices.items():
+        summary = ingest_log(db, device, "run-fleet", _device_log(agent_run, "run-fleet", device, **spec), quarantine)
+        assert summary.quarantined == 0, summary
+        ingest_status(db, device, "run-fleet", {"state": "done", "cells_done": 4, "cells_total": 4})
+
+
+def test_the_devices_section_says_what_each_device_was(db: ResultsDB, agent_run: AgentRun, tmp_path: Path) -> None:
+    _ingest_fleet(db, agent_run, tmp_path / "q")
+    paths = render_report(db, ["run-fleet", agent_run.run_id], tmp_path / "report")
+    markdown = paths.markdown.read_text()
+    assert markdown.index("## Runs") < markdown.index("## Devices") < markdown.index("## Cells")
+    section = markdown[markdown.index("## Devices"):markdown.index("\n## ", markdown.index("## Devices"))]
+    rows = {line.split(" | ")[0][2:]: line for line in section.splitlines() if line.startswith("| ")}
+    assert rows["coral"] == (f"| coral | run-fleet | aarch64 | {DEBIAN} | 3.11.2 | — | 1.24.2 (OS package) | "
+                             "qemu-aarch64 7.2.22 | Mendel Linux 5.3 |")
+    assert rows["host"] == (f"| host | run-fleet | x86_64 | {DEBIAN} | 3.11.7 | tflite_runtime.interpreter 2.14.0 | "
+                            "2.4.6 (wheel) | this host's CPU | — |")
+    assert rows["jetson"] == ("| jetson | run-fleet | aarch64 | Ubuntu 18.04.6 LTS | 3.6.9 | "
+                              "tflite_runtime.interpreter 2.14.0 | 1.13.3 (OS package) | — (real board) | — |")
+    assert rows["rpi3"] == (f"| rpi3 | run-fleet | armv7l | {DEBIAN} | 3.11.2 | tflite_runtime.interpreter 2.14.0 | "
+                            "1.24.2 (OS package) | qemu-arm 7.2.22 | Raspberry Pi OS (32-bit) Bookworm |")
+    # The main run's lines predate the emulation record: an emulated device was then always this host's CPU.
+    assert rows[agent_run.device].split(" | ")[7] == "this host's CPU"
+    # What differs is a list below the table, not a column; a real board has nothing to list.
+    assert f"- **rpi3**: {RPI3_DIFFERS}" in section
+    assert "- **host**: this host's CPU, OS and Python stand in for the board" in section
+    assert "- **coral**: Mendel Linux 5.3 is Debian 10; there is no Edge TPU" in section
+    assert "**jetson**" not in section
+
+    html = paths.html.read_text()
+    assert html.index("<h2>Runs</h2>") < html.index("<h2>Devices</h2>") < html.index("<h2>Cells</h2>")
+    assert f"<li><strong>rpi3</strong>: {escape(RPI3_DIFFERS)}</li>" in html
+    assert "<td>qemu-arm 7.2.22</td>" in html and f"<td>{escape('— (real board)')}</td>" in html
+
+    devices = {d["device"]: d for d in json.loads(paths.json.read_text())["devices"]}
+    assert devices["rpi3"] == {
+        "run_id": "run-fleet", "device": "rpi3", "machine": "armv7l", "os": DEBIAN, "python": "3.11.2",
+        "runtimes": ["tflite_runtime.interpreter 2.14.0"], "numpy": "1.24.2", "numpy_source": "OS package",
+        "emulated": True, "emulated_by": "qemu-arm 7.2.22", "emulation_kind": "qemu-user", "host_arch": "x86_64",
+        "board_os": "Raspberry Pi OS (32-bit) Bookworm", "differs": RPI3_DIFFERS, "runtime_standin": []}
+    assert devices["coral"]["runtimes"] == [] and devices["coral"]["runtime_standin"] == ["tflite-runtime==2.14.0"]
+    assert devices["host"]["emulation_kind"] == "host-cpu" and devices["host"]["numpy_source"] == "wheel"
+    assert devices["jetson"]["emulated"] is False and devices["jetson"]["emulated_by"] == "— (real board)"
+    assert devices[agent_run.device]["emulation_kind"] is None
+
+
+def test_the_emulated_note_is_true_of_qemu_devices_too() -> None:
+    assert "qemu-user" in EMULATED_NOTE and "host's CPU" in EMULATED_NOTE and "CPU is the host's" not in EMULATED_NOTE
+
+
+def test_a_device_lists_every_runtime_its_cells_loaded(db: ResultsDB, agent_run: AgentRun) -> None:
+    cells = db.cells([agent_run.run_id])
+    onnx = dict(cells[-1].raw_json, runtime_info={"module": "onnxruntime", "version": "1.17.1"})
+    cells[-1] = replace(cells[-1], raw=json.dumps(onnx))
+    (row,) = build_devices(db.runs([agent_run.run_id]), cells)
+    assert row.text("runtimes") == "ai_edge_litert.interpreter 2.3.0, onnxruntime 1.17.1"

@@ -51,7 +51,7 @@ def test_run_reads_the_device_identity(fleet: EmulatedFleet, rpi3: Transport) ->
     device = fleet.device("rpi3")
     identity = json.loads(rpi3.run(["cat", f"{device.workdir}/device.json"]).stdout)
     assert identity == {"name": "rpi3", "stands_in_for": "Raspberry Pi 3 Model B", "arch": "armv7l",
-                        "emulated": True, "host_arch": platform.machine()}
+                        "emulated": True, "host_arch": platform.machine(), "emulation": device.emulation}
     assert rpi3.describe() == f"rpi3 (ssh root@{device.connection.host}:22)"
 
 

@@ -247,6 +247,8 @@ def validate_run(run):
         _require(isinstance(run.get(key), str) and run[key] != "", key, "must be a non-empty string")
     _require(isinstance(run.get("emulated"), bool), "emulated", "must be true or false")
     _require(run.get("workdir") is None or isinstance(run.get("workdir"), str), "workdir", "must be a path")
+    _require(run.get("emulation") is None or isinstance(run.get("emulation"), dict), "emulation",
+             "must be null or an object")
     bench = run.get("bench")
     _require(isinstance(bench, dict), "bench", "must be an object")
     for key, kind, minimum in BENCH_FIELDS:
@@ -553,9 +555,10 @@ def throttle_state():
     return {"raw": raw, "flags": [name for bit, name in sorted(THROTTLE_BITS.items()) if value & (1 << bit)]}
 
 
-def static_fingerprint(emulated):
-    # type: (bool) -> Dict[str, Any]
-    """What does not change during a run: taken once."""
+def static_fingerprint(emulated, emulation=None):
+    # type: (bool, Optional[Mapping[str, Any]]) -> Dict[str, Any]
+    """What does not change during a run: taken once. ``emulation`` is the host's account of how an
+    emulated device is emulated (emulator, emulated and real OS), passed through from run.json."""
     uname = os.uname()
     return {
         "uname": {"sysname": uname.sysname, "nodename": uname.nodename, "release": uname.release,
@@ -566,8 +569,23 @@ def static_fingerprint(emulated):
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "numpy": np.__version__,
+        "numpy_path": os.path.dirname(np.__file__),
         "emulated": emulated,
+        "emulation": dict(emulation) if emulation else None,
+        "os": os_release(),
     }
+
+
+def os_release():
+    # type: () -> Optional[str]
+    try:
+        with open("/etc/os-release") as fh:
+            for line in fh:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except (IOError, OSError):
+        pass
+    return None
 
 
 def dynamic_fingerprint():
@@ -929,7 +947,7 @@ def _run_locked(run, run_dir, workdir):
 def _run_cells(run, run_dir, workdir, previous, status, quiet, host_wait_ms):
     # type: (Dict[str, Any], str, str, Dict[str, List[str]], StatusWriter, Optional[QuietHost], float) -> int
     results_path = os.path.join(run_dir, RESULTS_FILE)
-    env = static_fingerprint(run["emulated"])
+    env = static_fingerprint(run["emulated"], run.get("emulation"))
     status.write("running", 0)
     measured_any = False
     for cell in run["cells"]:

@@ -23,6 +23,11 @@ def clean(options: CleanOptions, env: Env | None = None) -> list[Path]:
     env = env or Env()
     ws = env.workspace(options.workspace)
     targets = [ws.state_dir] if options.all_state else [ws.artifacts_dir]
+    if options.all_state:
+        # The fleet's devices have bind mounts of /dev and /sys in their roots: never delete through them.
+        from edgefleet.deploy.devices import fleet_dir
+        from edgefleet.fleet import fleet_down
+        fleet_down(fleet_dir(ws.state_dir))
     removed = []
     for path in targets:
         if path.exists():

@@ -12,7 +12,8 @@ from edgefleet.api.deploy import DeployOptions, deploy
 from edgefleet.api.fleet import DEFAULT_DEVICES, FleetDownOptions, FleetUpOptions, down, up
 from edgefleet.profiles.load import profile_paths
 
-# Short runs so the demo ends in minutes; real profiles keep MLPerf-style durations.
+# Short runs so the demo ends in minutes; real profiles keep MLPerf-style durations. A qemu-user fleet
+# chooses its own (slower CPU) settings, so these apply to the host-CPU fleet only.
 QUICK_BENCH = (("warmup_runs", 3), ("min_runs", 20), ("min_duration_s", 0.3), ("cooldown_s", 0.1))
 
 
@@ -20,6 +21,8 @@ QUICK_BENCH = (("warmup_runs", 3), ("min_runs", 20), ("min_duration_s", 0.3), ("
 class DemoOptions:
     devices: tuple[str, ...] = DEFAULT_DEVICES
     keep_fleet: bool = False
+    emulate: str = "qemu"        # see FleetUpOptions.emulate
+    evaluate: bool = True        # on-device accuracy beside latency
     workspace: Path | None = None
 
 
@@ -31,15 +34,17 @@ def demo(options: DemoOptions, env: Env | None = None) -> CollectOutcome:
         say(f"build: {ws.settings.default_model} for {target}")
         build(BuildOptions(target=target, workspace=ws.root), env)
     isolation = "netns" if os.geteuid() == 0 else "loopback"
-    say(f"emulated fleet ({isolation}): {', '.join(options.devices)}")
-    up(FleetUpOptions(devices=options.devices, isolation=isolation, workspace=ws.root), env)
+    say(f"emulated fleet ({isolation}, {options.emulate}): {', '.join(options.devices)}")
+    up(FleetUpOptions(devices=options.devices, isolation=isolation, emulate=options.emulate, workspace=ws.root),
+       env)
+    bench = QUICK_BENCH if options.emulate == "host" else ()
     try:
         run_ids = []
         # One device at a time: emulated devices share this host's cores, so parallel runs would
         # measure each other.
         for device in options.devices:
             say(f"deploy and benchmark: {device}")
-            outcome = deploy(DeployOptions(target=device, wait=True, bench_overrides=QUICK_BENCH,
+            outcome = deploy(DeployOptions(target=device, wait=True, bench_overrides=bench, eval=options.evaluate,
                                            workspace=ws.root), env)
             run_ids.append(outcome.run_id)
         say("collect")

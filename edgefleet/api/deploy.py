@@ -19,7 +19,7 @@ from edgefleet.deploy.devices import DeviceAddress, resolve_device
 from edgefleet.deploy.evalspec import eval_request, gate_config
 from edgefleet.deploy.facts import gather_facts
 from edgefleet.deploy.plan import (DeployPlan, DeployRequest, LocalFile, ProvisionRuntime, Skip, StartAgent,
-                                   Upload, Variant, WriteRunConfig, expected_files, plan_deploy)
+                                   Upload, Variant, WriteRunConfig, expected_files, os_modules, plan_deploy)
 from edgefleet.errors import DeployError
 from edgefleet.execute import execute_plan
 from edgefleet.plan.model import Plan
@@ -33,7 +33,7 @@ from edgefleet.transport.base import Transport
 from edgefleet.transport.registry import open_transport
 from edgefleet.workspace import Workspace
 
-HOST_TARGET = "local"  # an emulated device runs this host's CPU, so it gets this host's runtime wheels
+HOST_TARGET = "local"  # a host-CPU stand-in runs this host's CPU, so it gets this host's runtime wheels
 FINAL_STATES = ("done", "failed", "interrupted")
 
 
@@ -86,9 +86,9 @@ def built_variants(plan: Plan, store: ArtifactStore, say) -> list[Variant]:
 def wheelhouse_files(ws: Workspace, profile: Profile, address: DeviceAddress, env: Env,
                      backend_name: str | None) -> tuple[list[LocalFile], tuple[str, ...], str]:
     """The runtime wheels for the device's real CPU, built (or cached) now."""
-    # An emulated device is this host with nothing installed: it gets this host's runtime wheels,
-    # whatever the board it stands in for would have.
-    source_profile = load_profile(ws.targets_dir, HOST_TARGET).profile if address.emulated else profile
+    # A host-CPU stand-in (`--emulate host`) is this host with nothing installed: it gets this host's runtime
+    # wheels. A qemu-user device runs the board's own architecture and gets the board's wheels.
+    source_profile = load_profile(ws.targets_dir, HOST_TARGET).profile if address.host_cpu else profile
     runtime = source_profile.runtime
     if runtime.provided_by != "wheelhouse" or not runtime.packages:
         return [], (), f"provided by the device: {runtime.note or runtime.name}"
@@ -111,6 +111,22 @@ def wheelhouse_files(ws: Workspace, profile: Profile, address: DeviceAddress, en
         if name in present:
             requirements.append(optional)
     return wheels, tuple(requirements), f"wheels for {source_profile.name} ({len(wheels)} files)"
+
+
+def with_bench(profile: Profile, overrides: dict[str, float]) -> Profile:
+    """The profile with the fleet's bench settings for its device, then the caller's, over its own."""
+    if not overrides:
+        return profile
+    bench = type(profile.bench).model_validate({**profile.bench.model_dump(), **overrides})
+    return profile.model_copy(update={"bench": bench})
+
+
+def emulation_config(address: DeviceAddress, options: DeployOptions) -> dict | None:
+    """What run.json (and so every result) says about the emulation, including whose bench settings ran."""
+    if not address.emulated:
+        return None
+    return {**address.emulation, "bench_from_fleet": dict(address.bench),
+            "bench_from_caller": dict(options.bench_overrides)}
 
 
 def plan_table(plan: DeployPlan) -> Table:
@@ -164,16 +180,13 @@ def deploy(options: DeployOptions, env: Env | None = None) -> DeployOutcome:
     env = env or Env()
     say = env.console.print
     ws = env.workspace(options.workspace)
-    loaded = load_profile(ws.targets_dir, options.target)
-    profile = loaded.profile
-    if options.bench_overrides:
-        bench = type(profile.bench).model_validate({**profile.bench.model_dump(), **dict(options.bench_overrides)})
-        profile = profile.model_copy(update={"bench": bench})
+    profile = load_profile(ws.targets_dir, options.target).profile
     if profile.device.python is None:
         raise DeployError(f"target {profile.name!r} has no Python on the device ({profile.runtime.name}); "
                           "the edgefleet agent cannot run there yet: use `invoke build` for its artifacts")
     recipe = load_recipe(ws.models_dir, options.model or ws.settings.default_model)
     address = resolve_device(profile, ws.state_dir, options.device)  # a wrong --device fails before any build
+    profile = with_bench(profile, {**address.bench, **dict(options.bench_overrides)})
     plan = make_plan(ws, options.target, options.model)
     store = ArtifactStore(ws.artifacts_dir)
     if not options.dry_run:
@@ -194,6 +207,7 @@ def deploy(options: DeployOptions, env: Env | None = None) -> DeployOutcome:
         samples=local_file(samples_path) if samples_path.suffix == ".npy" else None,
         samples_normalization=recipe.recipe.input.normalization.model_dump(mode="json"),
         wheelhouse=wheels, runtime_requirements=requirements, emulated_inventory=address.emulated,
+        host_cpu_standin=address.host_cpu, emulation=emulation_config(address, options),
         exclusive_lock=address.shared_host_lock, host_deploy_locks=address.host_deploy_locks,
         eval=evaluation,
         accuracy_gate=gate_config(profile.accuracy_gate, gate_kind,
@@ -201,7 +215,7 @@ def deploy(options: DeployOptions, env: Env | None = None) -> DeployOutcome:
     )
     say(f"runtime: {escape(runtime_note)}")
     with open_transport(address.connection, name=address.name) as transport:
-        facts = gather_facts(transport, address.workdir, expected_files(request))
+        facts = gather_facts(transport, address.workdir, expected_files(request), modules=os_modules(request))
         deploy_plan = plan_deploy(request, facts)
         say(plan_table(deploy_plan))
         for warning in deploy_plan.warnings:

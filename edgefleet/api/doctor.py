@@ -26,6 +26,8 @@ from edgefleet.deploy.devices import fleet_dir
 from edgefleet.deploy.facts import DeviceFacts, gather_facts
 from edgefleet.deploy.plan import DISK_MARGIN_BYTES
 from edgefleet.errors import ConfigError, DeployError, TransportError
+from edgefleet.fleet import binfmt
+from edgefleet.fleet.binfmt import BINFMT_ROOT, EMULATIONS, BinfmtStatus
 from edgefleet.fleet.inventory import INVENTORY_FILE, load_inventory
 from edgefleet.fleet.system import find_tool
 from edgefleet.profiles.load import load_all_profiles
@@ -123,6 +125,7 @@ def host_checks(ws: Workspace, profile_errors: Sequence[ConfigError]) -> list[Ch
         path = find_tool(tool)
         checks.append(Check(HOST, tool, "ok", path) if path else
                       Check(HOST, tool, "warn", f"not on PATH (needed for {needed_by})", f"apt-get install {package}"))
+    checks.extend(emulation_checks())
     checks.extend(_docker_checks(ws.settings.docker_host, required=not local))
     return checks
 
@@ -133,6 +136,42 @@ def _python_check() -> Check:
         want = ".".join(map(str, MIN_PYTHON))
         return Check(HOST, "python", "fail", f"{version} at {sys.executable}", f"edgefleet needs Python >= {want}")
     return Check(HOST, "python", "ok", f"{version} at {sys.executable}")
+
+
+def emulation_checks(root: Path = BINFMT_ROOT) -> list[Check]:
+    """qemu-user-static and its binfmt_misc registrations, for emulated devices with an armhf/arm64 userland.
+
+    Warnings, like the fleet's other tools: only the emulated fleet needs them, and a device that
+    cannot run its userland fails its own checks.
+    """
+    statuses = [binfmt.status(arch, root) for arch in EMULATIONS]
+    checks = [_emulator_check(statuses), _mount_check(statuses[0])]
+    for st in statuses:
+        problems = [p for p in st.problems if p.kind == "registration"]
+        name = f"binfmt {st.name}"
+        checks.append(Check(HOST, name, "ok", f"{st.debian_arch}: enabled, flags {st.flags}, {st.interpreter}")
+                      if not problems else
+                      Check(HOST, name, "warn", "; ".join(p.what for p in problems) + f" (needed for {st.debian_arch} "
+                            "devices)", "; ".join(p.fix for p in problems)))
+    return checks
+
+
+def _emulator_check(statuses: Sequence[BinfmtStatus]) -> Check:
+    problems = [p for st in statuses for p in st.problems if p.kind == "package"]
+    if find_tool("update-binfmts") is None:
+        problems.append(binfmt.Problem("package", "update-binfmts is not installed", binfmt.INSTALL_FIX))
+    if problems:
+        return Check(HOST, "qemu-user-static", "warn", "; ".join(p.what for p in problems) +
+                     " (needed for the emulated fleet's armhf and arm64 devices)",
+                     "; ".join(dict.fromkeys(p.fix for p in problems)))
+    return Check(HOST, "qemu-user-static", "ok", ", ".join(f"{st.version} ({st.emulator})" for st in statuses))
+
+
+def _mount_check(st: BinfmtStatus) -> Check:
+    problem = next((p for p in st.problems if p.kind == "mount"), None)
+    if problem:
+        return Check(HOST, "binfmt_misc", "warn", problem.what + " (needed for armhf and arm64 devices)", problem.fix)
+    return Check(HOST, "binfmt_misc", "ok", f"mounted at {st.root}")
 
 
 def _docker_checks(docker_host: str | None, *, required: bool) -> list[Check]:

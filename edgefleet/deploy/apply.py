@@ -54,7 +54,8 @@ def provision_runtime(transport: Transport, workdir: str, action: ProvisionRunti
     venv = f"{workdir}/runtime/venv"
     say(f"provisioning the runtime venv from the pushed wheelhouse ({len(action.requirements)} requirements)")
     transport.run(["rm", "-rf", "--", venv], timeout=120)
-    transport.run([python, "-m", "venv", venv], timeout=300)
+    transport.run([python, "-m", "venv", *(["--system-site-packages"] if action.system_site_packages else []), venv],
+                  timeout=300)
     result = transport.run([f"{venv}/bin/python", "-m", "pip", "install", "--no-index", "--disable-pip-version-check",
                             "--find-links", action.wheelhouse, *action.requirements], timeout=900, check=False)
     if result.returncode != 0:

@@ -1,10 +1,11 @@
 """Where a target's device is: the emulated fleet's inventory if it lists it, else the profile."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from edgefleet.deploy.lock import lock_dir
 from edgefleet.errors import ConfigError
 from edgefleet.fleet.inventory import INVENTORY_FILE, load_inventory
 from edgefleet.profiles.model import Profile
@@ -21,6 +22,15 @@ class DeviceAddress:
     shared_host_lock: str | None = None
     # and their timed sections wait while any of them is being deployed to (their deploy lock folders).
     host_deploy_locks: tuple[str, ...] = ()
+    # How an emulated device is emulated (run.json and every result carry it); empty for a real board.
+    emulation: Mapping[str, Any] = field(default_factory=dict)
+    # Bench settings the fleet chose for this device (short runs under qemu).
+    bench: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def host_cpu(self) -> bool:
+        """This host's CPU and OS stand in for the board (``--emulate host``): it gets this host's wheels."""
+        return self.emulated and self.emulation.get("kind", "host-cpu") == "host-cpu"
 
 
 def fleet_dir(state_dir: Path) -> Path:
@@ -35,10 +45,9 @@ def resolve_device(profile: Profile, state_dir: Path, device: str | None = None)
         inventory = load_inventory(inventory_file)
         if name in inventory.devices:
             entry = inventory.devices[name]
-            # Every emulated device is this host: one lock file, visible to all of them, serializes timing.
-            return DeviceAddress(name, entry.connection, entry.workdir, entry.emulated,
-                                 str(fleet_dir(state_dir).resolve() / "bench.lock"),
-                                 tuple(lock_dir(e.workdir) for _, e in sorted(inventory.devices.items())))
+            # Every emulated device shares this host's cores: the fleet names the lock that makes them take turns.
+            return DeviceAddress(name, entry.connection, entry.workdir, entry.emulated, entry.shared_host_lock,
+                                 entry.host_deploy_locks, entry.emulation, entry.bench)
     if device is not None and device != profile.name:
         raise ConfigError(f"device {device!r} is not in the emulated fleet's inventory; "
                           f"start it with `invoke fleet.up --devices {device}`")

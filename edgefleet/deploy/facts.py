@@ -17,6 +17,12 @@ from edgefleet.transport.base import Transport
 PROBE = r'''
 import json, os, platform, shutil, sys
 req = json.loads(sys.stdin.read())
+try:
+    from importlib.util import find_spec
+except ImportError:
+    find_spec = None
+# Finding a module's spec does not import it (numpy takes a second to import under qemu).
+missing = [m for m in req.get("modules", []) if find_spec is not None and find_spec(m) is None]
 wd = req["workdir"]
 probe = wd
 while not os.path.exists(probe):
@@ -52,7 +58,7 @@ except (OSError, ValueError):
 print(json.dumps({
     "arch": platform.machine(), "os": osname, "python": "%d.%d" % sys.version_info[:2],
     "python_path": sys.executable, "free_bytes": usage.free, "free_path": probe,
-    "identity": identity, "present": present, "runtime": runtime,
+    "identity": identity, "present": present, "runtime": runtime, "missing_modules": missing,
 }))
 '''
 
@@ -68,15 +74,16 @@ class DeviceFacts:
     identity: Mapping[str, Any] | None
     present: Mapping[str, bool] = field(default_factory=dict)
     runtime: Mapping[str, Any] | None = None
+    missing_modules: tuple[str, ...] = ()   # of those asked for, the ones the device's Python cannot find
 
     @property
     def emulated(self) -> bool:
         return bool(self.identity and self.identity.get("emulated"))
 
 
-def gather_facts(transport: Transport, workdir: str, files: Mapping[str, str], *,
+def gather_facts(transport: Transport, workdir: str, files: Mapping[str, str], *, modules: tuple[str, ...] = (),
                  python: str = "python3", timeout: float = 60.0) -> DeviceFacts:
-    request = json.dumps({"workdir": workdir, "files": dict(files)}).encode()
+    request = json.dumps({"workdir": workdir, "files": dict(files), "modules": list(modules)}).encode()
     result = transport.run([python, "-c", PROBE], stdin=request, timeout=timeout, check=False)
     if result.returncode == 127 or "not found" in result.stderr and python in result.stderr:
         raise DeployError(f"{transport.describe()}: no {python} on the device; the edgefleet agent needs "
@@ -89,4 +96,5 @@ def gather_facts(transport: Transport, workdir: str, files: Mapping[str, str], *
     except (ValueError, IndexError):
         raise DeployError(f"{transport.describe()}: the facts probe printed no JSON: {result.stdout[-300:]!r}") \
             from None
+    data["missing_modules"] = tuple(data.get("missing_modules", ()))
     return DeviceFacts(**data)

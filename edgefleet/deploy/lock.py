@@ -12,7 +12,7 @@ from types import TracebackType
 
 from pydantic import BaseModel, ValidationError
 
-from edgefleet.fleet.system import pid_alive
+from edgefleet.processes import pid_alive
 from edgefleet.errors import DeployError, DeviceBusyError
 from edgefleet.transport.base import Transport
 

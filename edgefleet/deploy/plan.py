@@ -85,6 +85,8 @@ class ProvisionRuntime:
     wheelhouse: str       # remote folder with the wheels
     requirements: tuple[str, ...]
     digest: str           # what is provisioned; a device with the same digest is left alone
+    # The venv sees the OS's site-packages: modules PyPI has no wheel for come from the OS (runtime.os_packages).
+    system_site_packages: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,9 @@ class DeployRequest:
     samples_normalization: Mapping[str, Any] | None
     wheelhouse: Sequence[LocalFile] = ()
     runtime_requirements: tuple[str, ...] = ()
-    emulated_inventory: bool = False   # the fleet says this host stands in for the board
+    emulated_inventory: bool = False   # the fleet's inventory lists this device: it is emulated
+    host_cpu_standin: bool = False     # ... by this host's own CPU and OS (`--emulate host`), not the board's
+    emulation: Mapping[str, Any] | None = None  # how it is emulated; run.json carries it into every result
     exclusive_lock: str | None = None  # host-wide lock path around runs (devices sharing hardware)
     host_deploy_locks: tuple[str, ...] = ()  # deploy lock folders of those devices: timing waits for them
     eval: EvalRequest | None = None    # --eval: the packed evaluation split and how to decode
@@ -174,18 +178,35 @@ def check_device(request: DeployRequest, facts: DeviceFacts) -> list[str]:
     """Errors for a device that cannot take this deploy; warnings for what is merely recorded."""
     warnings = []
     want = request.profile.device.arch
-    emulated = facts.emulated or request.emulated_inventory
     if facts.arch != want:
-        if not emulated:
+        if not request.host_cpu_standin:
             raise DeployError(f"{request.device}: the device reports arch {facts.arch!r} but profile "
                               f"{request.profile.name!r} says {want!r}; deploying would ship the wrong binaries. "
                               "Fix device.arch in the profile or point the target at the right host.")
-        warnings.append(f"{request.device} is emulated: it stands in for a {want} board on a {facts.arch} host; "
-                        "its latencies are this host's, labelled emulated")
+        warnings.append(f"{request.device} is emulated by this host's CPU: it stands in for a {want} board on a "
+                        f"{facts.arch} host, with this host's runtime; its latencies are this host's, labelled emulated")
+    _check_os_modules(request, facts)
     major_minor = tuple(int(x) for x in facts.python.split("."))
     if major_minor < (3, 6):
         raise DeployError(f"{request.device}: Python {facts.python} is too old; the agent needs >= 3.6")
     return warnings
+
+
+def os_modules(request: DeployRequest) -> tuple[str, ...]:
+    """Python modules the profile expects from the device's OS; a host-CPU stand-in uses its own wheels."""
+    return () if request.host_cpu_standin else tuple(sorted(request.profile.runtime.os_packages))
+
+
+def _check_os_modules(request: DeployRequest, facts: DeviceFacts) -> None:
+    missing = [m for m in os_modules(request) if m in facts.missing_modules]
+    if not missing:
+        return
+    packages = " ".join(sorted({request.profile.runtime.os_packages[m] for m in missing}))
+    raise DeployError(
+        f"{request.device}: the device's Python ({facts.python_path}) cannot import {', '.join(missing)}, which "
+        f"profile {request.profile.name!r} takes from the OS package {packages} (PyPI has no wheel for "
+        f"{request.profile.device.arch}). Install it on the device: `sudo apt install {packages}`, then deploy "
+        "again. Nothing was sent.")
 
 
 def build_cells(request: DeployRequest, samples_remote: str | None) -> list[dict[str, Any]]:
@@ -268,9 +289,11 @@ def plan_deploy(request: DeployRequest, facts: DeviceFacts) -> DeployPlan:
                           "Free space on the device or choose fewer variants; nothing was sent.")
 
     if request.wheelhouse:
-        digest = hashlib.sha256("".join(sorted(w.sha256 for w in request.wheelhouse)).encode()).hexdigest()
+        system = bool(os_modules(request))
+        digest = hashlib.sha256(("".join(sorted(w.sha256 for w in request.wheelhouse)) +
+                                 ("+system-site-packages" if system else "")).encode()).hexdigest()
         if not facts.runtime or facts.runtime.get("digest") != digest:
-            actions.append(ProvisionRuntime(paths["wheelhouse"], request.runtime_requirements, digest))
+            actions.append(ProvisionRuntime(paths["wheelhouse"], request.runtime_requirements, digest, system))
 
     cells = build_cells(request, samples_remote)
     if not cells:
@@ -291,6 +314,8 @@ def plan_deploy(request: DeployRequest, facts: DeviceFacts) -> DeployPlan:
         config["eval"] = eval_config(request.eval, eval_remote)
     if request.accuracy_gate is not None:
         config["accuracy_gate"] = dict(request.accuracy_gate)
+    if request.emulation:
+        config["emulation"] = dict(request.emulation)
     actions.append(WriteRunConfig(f"{run_dir}/run.json", config))
     actions.append(StartAgent(agent_remote, run_dir))
     return DeployPlan(request.device, request.run_id, tuple(actions), tuple(warnings), len(cells), facts)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -31,6 +31,17 @@ class InventoryDevice(BaseModel):
     emulated: bool = True
     # The host's end of the device's cable (netns fleets only); see fleet.set_link.
     link: str | None = None
+    # Where the device's root filesystem is on this host (qemu-user devices); None: the device sees the host's.
+    root: str | None = None
+    # How it is emulated (kind, emulator and version, emulated and real OS, what differs): run.json and every
+    # result carry it.
+    emulation: dict[str, Any] = {}
+    # Bench settings the fleet chooses for its devices (short runs under qemu), recorded with each run.
+    bench: dict[str, int | float] = {}
+    # Device-side paths: the lock that makes devices sharing this host's cores take turns timing, and the
+    # deploy locks of all of them (timed sections wait while any is being deployed to).
+    shared_host_lock: str | None = None
+    host_deploy_locks: tuple[str, ...] = ()
 
 
 class Inventory(BaseModel):

@@ -13,18 +13,23 @@ import os
 import re
 import shutil
 import socket
+import posixpath
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
 from edgefleet.errors import ConfigError
 from edgefleet.fleet import netns, sshd
-from edgefleet.fleet.devices import DeviceSpec, fleet_tag, namespace_name, slug, veth_names, write_identity
+from edgefleet.deploy.lock import lock_dir
+from edgefleet.fleet.devices import (DeviceSpec, emulation_record, fleet_tag, namespace_name, slug, veth_names,
+                                     write_identity)
 from edgefleet.fleet.inventory import INVENTORY_FILE, Inventory, InventoryDevice, Isolation, save_inventory
 from edgefleet.fleet.keys import generate_keypair
+from edgefleet.fleet.rootfs import ensure_rootfs, rootfs_info
 from edgefleet.fleet.state import STATE_FILE, DeviceState, FleetState, load_state
 from edgefleet.fleet.system import (
     FleetError,
@@ -36,6 +41,8 @@ from edgefleet.fleet.system import (
     require_tool,
     run,
 )
+from edgefleet.fleet.userland import (HOST_SHARED, DeviceRoot, assert_unmounted, bind_peer, chroot_dir, mount_root,
+                                     remove_packages)
 from edgefleet.transport.connections import SshConnection
 from edgefleet.transport.hostkeys import host_key_name
 
@@ -45,7 +52,13 @@ CLIENT_KEY = Path("client") / "id_ed25519"
 AUTHORIZED_KEYS = Path("client") / "authorized_keys"
 KNOWN_HOSTS = "known_hosts"
 DEVICES_DIR = "devices"
-_OWNED = (DEVICES_DIR, "client", KNOWN_HOSTS, INVENTORY_FILE, STATE_FILE)
+SHARED_DIR = "host"     # host-wide files every device sees (the bench lock)
+BENCH_LOCK = "bench.lock"
+_OWNED = (DEVICES_DIR, SHARED_DIR, "client", KNOWN_HOSTS, INVENTORY_FILE, STATE_FILE)
+# Under qemu inference is 100-500x slower than natively: short runs keep a demo in minutes. The fleet
+# chooses them, and every run records them (run.json "emulation"); a profile's own numbers are for boards.
+QEMU_BENCH = {"warmup_runs": 3, "min_runs": 10, "min_duration_s": 1.0, "cooldown_s": 0.0}
+Say = Callable[[str], None]
 
 
 def choose_isolation(requested: IsolationChoice = "auto") -> Isolation:
@@ -57,16 +70,20 @@ def choose_isolation(requested: IsolationChoice = "auto") -> Isolation:
     return "loopback"
 
 
-def fleet_up(state_dir: Path, devices: Sequence[DeviceSpec], *,
-             isolation: IsolationChoice = "auto") -> Inventory:
+def fleet_up(state_dir: Path, devices: Sequence[DeviceSpec], *, isolation: IsolationChoice = "auto",
+             rootfs_cache: Path | None = None, say: Say = print) -> Inventory:
     """Create the devices, start their sshd, write ``state_dir/inventory.json`` and return it.
-    Leftovers of an earlier fleet in ``state_dir`` are removed first."""
+    Leftovers of an earlier fleet in ``state_dir`` are removed first. Devices with a userland get their
+    root filesystem from ``rootfs_cache`` (default ``state_dir/../rootfs``), built there on first use."""
     specs = list(devices)
     _check_names(specs)
     mode = choose_isolation(isolation)
     require_tool("sshd", "openssh-server")
     if mode == "netns":
         require_tool("ip", "iproute2")
+    if any(spec.userland for spec in specs) and os.geteuid() != 0:
+        raise FleetError("devices with their own userland (qemu-user) need root for chroot and mounts; "
+                         "run as root, or use the host-CPU fleet (`invoke fleet.up --emulate host`)")
     state_dir = Path(state_dir).resolve()
     fleet_down(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +91,7 @@ def fleet_up(state_dir: Path, devices: Sequence[DeviceSpec], *,
         state = FleetState(tag=fleet_tag(state_dir), isolation=mode)
         state.save(state_dir)
         try:
-            inventory = _create(state_dir, state, specs)
+            inventory = _create(state_dir, state, specs, Path(rootfs_cache or state_dir.parent / "rootfs"), say)
         except BaseException:
             fleet_down(state_dir)
             raise
@@ -98,8 +115,13 @@ def fleet_down(state_dir: Path) -> None:
     in_namespaces = set().union(*(netns.namespace_pids(ns) for ns in namespaces)) if namespaces else set()
     kill_all(descendants(strays | in_namespaces))
 
-    for mount_point in _mounts_under(devices_dir):
-        run(["umount", "-l", mount_point], check=False)
+    roots = chroot_dir(tag)
+    for folder in (devices_dir, roots):
+        for mount_point in _mounts_under(folder):
+            run(["umount", "-l", mount_point], check=False)
+        assert_unmounted(folder, _mounts_under(folder))
+    if roots.is_dir():
+        shutil.rmtree(roots)
     for ns in namespaces:
         netns.delete_namespace(ns)
     for ifname in netns.list_links():
@@ -139,10 +161,12 @@ class EmulatedFleet:
     """``with EmulatedFleet(dir, specs) as fleet:`` ... always torn down on exit."""
 
     def __init__(self, state_dir: Path, devices: Sequence[DeviceSpec], *,
-                 isolation: IsolationChoice = "auto") -> None:
+                 isolation: IsolationChoice = "auto", rootfs_cache: Path | None = None, say: Say = print) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.specs = list(devices)
         self.isolation = isolation
+        self.rootfs_cache = rootfs_cache
+        self.say = say
         self._inventory: Inventory | None = None
 
     @property
@@ -161,7 +185,8 @@ class EmulatedFleet:
         return link_down(self.state_dir, name)
 
     def __enter__(self) -> EmulatedFleet:
-        self._inventory = fleet_up(self.state_dir, self.specs, isolation=self.isolation)
+        self._inventory = fleet_up(self.state_dir, self.specs, isolation=self.isolation,
+                                   rootfs_cache=self.rootfs_cache, say=self.say)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -200,7 +225,20 @@ def _subnet_lock(mode: Isolation) -> Iterator[None]:
         os.close(fd)
 
 
-def _create(state_dir: Path, state: FleetState, specs: Sequence[DeviceSpec]) -> Inventory:
+@dataclass
+class _Prepared:
+    spec: DeviceSpec
+    device: DeviceState
+    files: sshd.SshdFiles
+    prefix: list[str]
+    workdir: str                      # as the device sees it
+    root: DeviceRoot | None = None
+    host_key_line: str = ""
+    emulation: dict[str, object] = field(default_factory=dict)
+
+
+def _create(state_dir: Path, state: FleetState, specs: Sequence[DeviceSpec], rootfs_cache: Path,
+            say: Say) -> Inventory:
     client_key = state_dir / CLIENT_KEY
     authorized_keys = state_dir / AUTHORIZED_KEYS
     authorized_keys.parent.mkdir(parents=True, exist_ok=True)
@@ -208,60 +246,113 @@ def _create(state_dir: Path, state: FleetState, specs: Sequence[DeviceSpec]) -> 
     known_hosts = state_dir / KNOWN_HOSTS
     indexes: list[int | None] = (list(netns.allocate_indexes(len(specs))) if state.isolation == "netns"
                                  else [None] * len(specs))
+    lowers = {spec.userland.rootfs.key: ensure_rootfs(rootfs_cache, spec.userland.rootfs, say)
+              for spec in specs if spec.userland is not None}
+    prepared = [_prepare_device(state_dir, state, spec, index, position, authorized_keys, lowers)
+                for position, (spec, index) in enumerate(zip(specs, indexes, strict=True))]
+    peer_locks = _bind_peers(state_dir, prepared)
     devices: dict[str, InventoryDevice] = {}
     known_lines: list[str] = []
-    for position, (spec, index) in enumerate(zip(specs, indexes, strict=True)):
-        device, host_key_line = _create_device(state_dir, state, spec, index, position, authorized_keys)
-        devices[spec.name] = InventoryDevice(
-            name=spec.name, stands_in_for=spec.stands_in_for, arch=spec.arch, workdir=device.workdir,
-            link=device.host_if,
-            connection=SshConnection(host=device.address, port=device.port, user=getpass.getuser(),
-                                     key_filename=str(client_key), known_hosts=str(known_hosts)))
-        known_lines.append(f"{host_key_name(device.address, device.port)} {host_key_line}")
+    for item in prepared:  # sshd last: it must see every mount made above (see userland.py)
+        sshd.start(item.files, prefix=item.prefix, address=item.device.address, port=item.device.port)
+        devices[item.spec.name] = _inventory_entry(state_dir, item, peer_locks[item.spec.name], client_key,
+                                                   known_hosts)
+        known_lines.append(f"{host_key_name(item.device.address, item.device.port)} {item.host_key_line}")
     known_hosts.write_text("\n".join(known_lines) + "\n")
     inventory = Inventory(isolation=state.isolation, devices=devices)
     save_inventory(inventory, state_dir)
     return inventory
 
 
-def _create_device(state_dir: Path, state: FleetState, spec: DeviceSpec, index: int | None, position: int,
-                   authorized_keys: Path) -> tuple[DeviceState, str]:
+def _inventory_entry(state_dir: Path, item: _Prepared, locks: tuple[str | None, tuple[str, ...]],
+                     client_key: Path, known_hosts: Path) -> InventoryDevice:
+    device = item.device
+    return InventoryDevice(
+        name=item.spec.name, stands_in_for=item.spec.stands_in_for, arch=item.spec.arch, workdir=item.workdir,
+        link=device.host_if, root=str(item.root.root) if item.root else None, emulation=item.emulation,
+        bench=dict(QEMU_BENCH) if item.root else {}, shared_host_lock=locks[0], host_deploy_locks=locks[1],
+        connection=SshConnection(host=device.address, port=device.port, user=getpass.getuser(),
+                                 key_filename=str(client_key), known_hosts=str(known_hosts)))
+
+
+def _bind_peers(state_dir: Path, prepared: Sequence[_Prepared]) -> dict[str, tuple[str | None, tuple[str, ...]]]:
+    """Per device: the device-side path of the host-wide bench lock, and of every device's deploy lock.
+    Host-CPU devices see the host's paths; qemu devices see the others' workdirs through bind mounts."""
+    shared = _shared_dir(state_dir)
+    workdirs_on_host = {p.spec.name: (p.root.host_path(p.workdir) if p.root else Path(p.workdir))
+                        for p in prepared}
+    result = {}
+    for item in prepared:
+        if item.root is None:
+            result[item.spec.name] = (str(shared / BENCH_LOCK),
+                                      tuple(lock_dir(str(w)) for _, w in sorted(workdirs_on_host.items())))
+            continue
+        seen = {}
+        for peer, workdir in sorted(workdirs_on_host.items()):
+            seen[peer] = item.workdir if peer == item.spec.name else bind_peer(item.root, peer, workdir)
+        result[item.spec.name] = (posixpath.join(HOST_SHARED, BENCH_LOCK),
+                                  tuple(lock_dir(seen[peer]) for peer in sorted(seen)))
+    return result
+
+
+def _prepare_device(state_dir: Path, state: FleetState, spec: DeviceSpec, index: int | None, position: int,
+                    authorized_keys: Path, lowers: dict[str, Path]) -> _Prepared:
     device_dir = state_dir / DEVICES_DIR / spec.name
-    workdir = device_dir / "workdir"
-    workdir.mkdir(parents=True)
+    device_dir.mkdir(parents=True)
     files = sshd.SshdFiles.in_dir(device_dir)
-    prefix: list[str] = []
-    if index is not None:
-        host_if, device_if = veth_names(state.tag, index)
-        link = netns.Link(namespace_name(spec.name, state.tag), host_if, index)
-        device = DeviceState(name=spec.name, device_dir=str(device_dir), workdir=str(workdir),
-                             address=link.device_address, port=22, namespace=link.namespace,
-                             host_if=host_if, index=index)
+    device, prefix = _network(state_dir, state, spec, index, position, device_dir)
+    item = _Prepared(spec, device, files, prefix, str(device_dir / "workdir"))
+    if spec.userland is not None:
+        item.root = DeviceRoot(device_dir, lowers[spec.userland.rootfs.key], chroot_dir(state.tag) / spec.name)
+        item.workdir = spec.userland.workdir
         _record(state_dir, state, device)
-        netns.create(link, device_if)
-        if spec.bandwidth_kbit:
-            netns.limit_bandwidth(link, spec.bandwidth_kbit)
-        prefix = [require_tool("ip", "iproute2"), "netns", "exec", link.namespace]
-    else:
-        if spec.bandwidth_kbit:
-            raise FleetError(f"{spec.name}: a bandwidth cap needs a network-namespace fleet (run as root)")
-        address = f"127.0.0.{10 + position}"
-        device = DeviceState(name=spec.name, device_dir=str(device_dir), workdir=str(workdir),
-                             address=address, port=_free_port(address))
-        _record(state_dir, state, device)
+        mount_root(item.root, _shared_dir(state_dir))
+        remove_packages(item.root, spec.userland.without_packages)
+    workdir_on_host = item.root.host_path(item.workdir) if item.root else Path(item.workdir)
+    workdir_on_host.mkdir(parents=True, exist_ok=True)
     if spec.tmpfs_mb:
         device.tmpfs = True
         _record(state_dir, state, device)
-        _mount_tmpfs(workdir, spec)
-    write_identity(workdir, spec)
-    host_key_line = generate_keypair(files.host_key, f"{spec.name}-host")
-    home = device_dir / "home"
-    home.mkdir()
+        _mount_tmpfs(workdir_on_host, spec)
+    emulator = rootfs_info(item.root.lower)["emulator"] if item.root else None
+    item.emulation = emulation_record(spec, emulator)
+    write_identity(workdir_on_host, spec, emulator)
+    item.host_key_line = " ".join(generate_keypair(files.host_key, f"{spec.name}-host").split()[:2])
+    home: Path | str = "/root" if item.root else device_dir / "home"
+    if item.root is None:
+        (device_dir / "home").mkdir()
     files.config.write_text(sshd.render_config(files, address=device.address, port=device.port,
-                                               authorized_keys=authorized_keys, device=spec.name, home=home))
-    # sshd starts after the tmpfs mount: `ip netns exec` gives it a private copy of the mount table.
-    sshd.start(files, prefix=prefix, address=device.address, port=device.port)
-    return device, " ".join(host_key_line.split()[:2])
+                                               authorized_keys=authorized_keys, device=spec.name, home=home,
+                                               chroot=item.root.root if item.root else None))
+    return item
+
+
+def _network(state_dir: Path, state: FleetState, spec: DeviceSpec, index: int | None, position: int,
+             device_dir: Path) -> tuple[DeviceState, list[str]]:
+    workdir = str(device_dir / "workdir")
+    if index is None:
+        if spec.bandwidth_kbit:
+            raise FleetError(f"{spec.name}: a bandwidth cap needs a network-namespace fleet (run as root)")
+        address = f"127.0.0.{10 + position}"
+        device = DeviceState(name=spec.name, device_dir=str(device_dir), workdir=workdir,
+                             address=address, port=_free_port(address))
+        _record(state_dir, state, device)
+        return device, []
+    host_if, device_if = veth_names(state.tag, index)
+    link = netns.Link(namespace_name(spec.name, state.tag), host_if, index)
+    device = DeviceState(name=spec.name, device_dir=str(device_dir), workdir=workdir,
+                         address=link.device_address, port=22, namespace=link.namespace, host_if=host_if, index=index)
+    _record(state_dir, state, device)
+    netns.create(link, device_if)
+    if spec.bandwidth_kbit:
+        netns.limit_bandwidth(link, spec.bandwidth_kbit)
+    return device, [require_tool("ip", "iproute2"), "netns", "exec", link.namespace]
+
+
+def _shared_dir(state_dir: Path) -> Path:
+    shared = state_dir / SHARED_DIR
+    shared.mkdir(exist_ok=True)
+    return shared
 
 
 def _record(state_dir: Path, state: FleetState, device: DeviceState) -> None:

@@ -26,12 +26,15 @@ class SshdFiles:
                    device_dir / "sshd.pid", device_dir / "sshd.log")
 
 
-def _q(path: Path) -> str:
+def _q(path: Path | str) -> str:
     return '"' + str(path) + '"'
 
 
 def render_config(files: SshdFiles, *, address: str, port: int, authorized_keys: Path, device: str,
-                  home: Path) -> str:
+                  home: Path | str, chroot: Path | None = None) -> str:
+    # Sessions of a qemu-user device run in its root filesystem; authentication (keys, host key) stays
+    # on this host, before the chroot.
+    chroot_lines = [f"ChrootDirectory {_q(chroot)}"] if chroot is not None else []
     return "\n".join([
         f"# edgefleet emulated device {device}",
         f"ListenAddress {address}:{port}",
@@ -57,6 +60,7 @@ def render_config(files: SshdFiles, *, address: str, port: int, authorized_keys:
         "MaxStartups 50:30:100",
         "Subsystem sftp internal-sftp",
         "LogLevel VERBOSE",
+        *chroot_lines,
         "",
     ])
 

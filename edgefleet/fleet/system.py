@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from edgefleet.errors import DeployError
+from edgefleet.processes import pid_alive  # noqa: F401  (fleet modules import it from here)
 
 _SBIN = "/usr/sbin:/sbin:/usr/local/sbin"
 
@@ -45,16 +46,6 @@ def run(argv: Sequence[str], *, check: bool = True, timeout: float = 30.0) -> su
         raise FleetError(f"command failed (exit code {proc.returncode}): {shlex.join(argv)}\n"
                          f"{proc.stderr.strip()}")
     return proc
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def cmdline(pid: int) -> str:

@@ -5,10 +5,12 @@ which converter takes which source, so adding a source format is a table edit.
 """
 from __future__ import annotations
 
+from edgefleet.compat.runtimes import pinned_tflite_runtime
 from edgefleet.errors import PlanError
 from edgefleet.plan.model import Input, StepInput
 from edgefleet.plan.planner import PlanBuilder, format_planner
 from edgefleet.profiles import model as pm
+from edgefleet.store import MANIFEST
 
 TFLITE_FROM = {"keras": "tflite.convert", "savedmodel": "tflite.convert", "onnx": "onnx2tf.convert"}
 ONNX2TF_QUANTIZATIONS = ("fp32", "fp16")
@@ -31,14 +33,27 @@ def _model_inputs(b: PlanBuilder) -> dict[str, Input]:
 
 
 def tflite_step(b: PlanBuilder, quantization: str) -> str:
+    """Plan the ``tflite-<quantization>`` variant; returns the id of the step that converts it."""
     kind = _converter(b, TFLITE_FROM, f"tflite {quantization}")
     if kind == "onnx2tf.convert" and quantization not in ONNX2TF_QUANTIZATIONS:
         raise PlanError(f"target {b.profile.name!r}: tflite {quantization!r} from an ONNX source is not supported; "
                         f"onnx2tf makes {', '.join(ONNX2TF_QUANTIZATIONS)}. Start from a Keras/SavedModel source "
                         "for integer quantization.")
-    return b.add(f"tflite/{quantization}", kind, _model_inputs(b),
-                 b.conversion_params(quantization, quantization=quantization),
-                 variant=f"tflite-{quantization}", runtime="tflite")
+    step_id, variant = f"tflite/{quantization}", f"tflite-{quantization}"
+    params = b.conversion_params(quantization, quantization=quantization)
+    pin = pinned_tflite_runtime(b.profile.runtime.packages)
+    if pin is None:
+        return b.add(step_id, kind, _model_inputs(b), params, variant=variant, runtime="tflite")
+    # Deploy ships a variant by the verdict of the step that carries it, so the load check carries the
+    # variant (and the conversion's verdict with its own) and the conversion becomes an inner step.
+    converted = b.add(f"{step_id}/convert", kind, _model_inputs(b), params)
+    b.add(step_id, "tflite.runtime_compat", {"model": StepInput(converted), "build": StepInput(converted, MANIFEST)},
+          {"runtime": pin.model_dump()}, variant=variant, runtime="tflite")
+    note = (f"tflite variants must load in {pin.label}, the runtime the target pins (checked with its x86_64 "
+            "wheel on this host) before they ship: tflite/<q> is tflite/<q>/convert's model with that verdict.")
+    if note not in b.notes:
+        b.notes.append(note)
+    return converted
 
 
 def onnx_step(b: PlanBuilder, opset: int) -> str:
@@ -124,5 +139,7 @@ def plan_runtime(b: PlanBuilder, runtime: pm.Runtime) -> None:
         "python_version": b.profile.device.python,
         "packages": [{"requirement": r} for r in runtime.packages]
                     + [{"requirement": r, "optional": True} for r in runtime.optional_packages],
+        # Dependencies the device's OS provides (runtime.os_packages): the device venv sees them, so no wheel.
+        "provided_by_os": sorted(runtime.os_packages),
     })
 

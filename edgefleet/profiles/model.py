@@ -38,12 +38,47 @@ class Runtime(Strict):
     packages: tuple[str, ...] = Field((), description="Pip requirement strings for the device wheelhouse.")
     optional_packages: tuple[str, ...] = Field((), description="Shipped where wheels exist for the platform.")
     platform_tags: tuple[str, ...] = Field((), description="Wheel platform tags the device accepts.")
+    os_packages: dict[str, str] = Field(
+        default_factory=dict,
+        description="Python module -> the OS package that provides it where PyPI has no wheel for the device "
+                    "(numpy on armv7l: python3-numpy). The runtime venv sees the OS's site-packages, and deploy "
+                    "checks the module is there before sending anything.")
     note: str | None = Field(None, description="How the runtime gets onto the device when not from wheels.")
 
     @model_validator(mode="after")
     def _wheelhouse_needs_tags(self) -> Runtime:
         if self.provided_by == "wheelhouse" and self.packages and not self.platform_tags:
             raise ValueError("runtime.platform_tags is required when packages come from the wheelhouse")
+        return self
+
+
+class Emulation(Strict):
+    """How the emulated fleet stands in for this board: a Debian userland of the board's CPU architecture,
+    run under qemu-user. What it cannot reproduce is said here, and every result carries it."""
+
+    debian_arch: Literal["armhf", "arm64", "amd64"] = Field(description="Debian architecture of the userland.")
+    suite: str = Field("bookworm", pattern=r"^[a-z]+$", description="Debian suite debootstrap installs.")
+    packages: tuple[str, ...] = Field(("python3", "python3-venv"),
+                                      description="What the board's OS image ships (debootstrap --include).")
+    os: str = Field(description="The emulated OS, in words.")
+    differs: str = Field(description="What the emulated board does not reproduce (speed, accelerators, OS).")
+    runtime_standin: tuple[str, ...] = Field(
+        (), description="For runtimes the board's vendor installs (apt, JetPack): PyPI wheels installed into the "
+                        "emulated userland in their place, named in every result.")
+    standin_platform: str | None = Field(None, description="Wheel platform tag for runtime_standin.")
+
+    @field_validator("packages", "runtime_standin")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not name or name.startswith("-") or any(ch.isspace() for ch in name):
+                raise ValueError(f"{name!r} is not a package name")
+        return value
+
+    @model_validator(mode="after")
+    def _standin_needs_platform(self) -> Emulation:
+        if self.runtime_standin and not self.standin_platform:
+            raise ValueError("emulation.standin_platform is required with runtime_standin")
         return self
 
 
@@ -160,6 +195,7 @@ class Profile(Strict):
     fidelity: dict[Precision, FidelityThreshold] = Field(
         default_factory=dict, description="Per-precision overrides of the fidelity gate thresholds.")
     accuracy_gate: AccuracyGate = AccuracyGate()
+    emulation: Emulation | None = Field(None, description="How `invoke fleet.up` emulates this board.")
 
     @field_validator("workdir")
     @classmethod

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.errors import ResultsError
+from edgefleet.report.devices import DEVICE_COLUMNS, differences
 from edgefleet.report.plots import render_plots
 from edgefleet.report.tables import EMULATED_NOTE, ReportTable, build_table, format_value, write_csv, write_json
 from edgefleet.report.variants import VariantTable, build_variant_table, write_variants_csv, write_variants_json
@@ -56,6 +57,7 @@ def render_table(table: ReportTable, out_dir: Path, *, templates_dir: Path = TEM
         "emulated_note": EMULATED_NOTE, "plots": [p.relative_to(out_dir).as_posix() for p in plots],
         "baseline_run": table.baseline_run, "threshold_pct": round(table.regression_threshold * 100, 1),
         "regressions": table.regressions, "variants": variants,
+        "devices": table.devices, "device_columns": DEVICE_COLUMNS, "device_differences": differences(table.devices),
     }
     env = _environment(Path(templates_dir))
     markdown = out_dir / "report.md"

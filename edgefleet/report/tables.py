@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.errors import ResultsError
+from edgefleet.report.devices import DeviceRow, build_devices
 from edgefleet.results.db import AccuracyRecord, CellRecord, ResultsDB, RunRecord
 
-EMULATED_NOTE = "measured on an emulated device: its CPU is the host's"
+# True of both kinds of emulated device: the Devices section says which kind each one was.
+EMULATED_NOTE = "measured on an emulated device (qemu-user or this host's CPU): latencies are not a real board's"
 # The accuracy gate's verdict is stored as this metric (1 passed, 0 failed) once an evaluator writes it.
 GATE_METRIC = "accuracy_gate"
 
@@ -109,6 +111,7 @@ class ReportTable:
     baseline_run: str | None = None
     regression_threshold: float = 0.10
     accuracy_metric: str | None = None
+    devices: tuple[DeviceRow, ...] = ()
 
     @property
     def any_emulated(self) -> bool:
@@ -135,7 +138,8 @@ class ReportTable:
     def to_json(self) -> dict[str, Any]:
         return {"baseline_run": self.baseline_run, "regression_threshold": self.regression_threshold,
                 "accuracy_metric": self.accuracy_metric, "emulated_note": EMULATED_NOTE,
-                "runs": [asdict(run) for run in self.runs], "rows": [row.to_json() for row in self.rows]}
+                "runs": [asdict(run) for run in self.runs], "devices": [d.to_json() for d in self.devices],
+                "rows": [row.to_json() for row in self.rows]}
 
 
 BASE_COLUMNS = (
@@ -260,7 +264,8 @@ def build_table(db: ResultsDB, run_ids: Sequence[str], *, baseline_run: str | No
     records = db.accuracy(list(run_ids) + ([baseline_run] if baseline_run else []))
     metric = accuracy_metric or _pick_metric([r for r in records if r.run_id in run_ids])
     by_run = {(r.run_id, r.device): r for r in runs}
-    rows = [_row(c, by_run.get((c.run_id, c.device)), records, metric) for c in db.cells(run_ids)]
+    cells = db.cells(run_ids)
+    rows = [_row(c, by_run.get((c.run_id, c.device)), records, metric) for c in cells]
     if baseline_run:
         base_runs = {(r.run_id, r.device): r for r in db.runs([baseline_run])}
         base_cells = db.cells([baseline_run])
@@ -270,7 +275,7 @@ def build_table(db: ResultsDB, run_ids: Sequence[str], *, baseline_run: str | No
         rows = _compare(rows, baseline, regression_threshold)
     return ReportTable(rows=tuple(rows), runs=tuple(RunSummary.from_record(r) for r in runs),
                        baseline_run=baseline_run, regression_threshold=regression_threshold,
-                       accuracy_metric=metric)
+                       accuracy_metric=metric, devices=build_devices(runs, cells))
 
 
 CSV_FIELDS = tuple(f for f in ReportRow.__dataclass_fields__)

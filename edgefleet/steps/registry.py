@@ -50,6 +50,8 @@ def _register_all() -> None:
         StepKind("tftrt.rewrite", "tftrt-prep", "edgefleet.steps.tftrt:tftrt_rewrite"),
         StepKind("tftrt.device_script", "tftrt-prep", "edgefleet.steps.tftrt:tftrt_device_script"),
         StepKind("runtime.wheelhouse", "runtime", "edgefleet.steps.runtime:runtime_wheelhouse"),
+        # Needs PyPI (the pinned runtime's x86_64 wheel) but no converter: the runtime image has both.
+        StepKind("tflite.runtime_compat", "runtime", "edgefleet.steps.compat:tflite_runtime_compat"),
         StepKind("android.aar", "android-aar", "edgefleet.steps.android:android_aar"),
         StepKind("selftest.env", "tf", "edgefleet.steps.selftest:selftest_env"),
     ):

@@ -58,6 +58,9 @@ class WheelhouseParams(BaseModel):
     python_version: str = Field(pattern=r"^3\.\d+$")
     implementation: str = "cp"
     packages: tuple[PackageRequest, ...] = Field(min_length=1)
+    # Distributions the device's OS provides (numpy from python3-numpy on armv7l): never downloaded, and a
+    # requirement on them is recorded as met by the OS.
+    provided_by_os: tuple[str, ...] = ()
     index_url: str | None = None
 
     @field_validator("packages", mode="before")
@@ -142,7 +145,8 @@ class _Resolver:
         if code == 0:
             return
         missing = _missing(lines)
-        skipped = {canonicalize_name(Requirement(u["requirement"]).name) for u in self.unavailable}
+        skipped = {canonicalize_name(Requirement(u["requirement"]).name) for u in self.unavailable} | \
+            {canonicalize_name(name) for name in self.params.provided_by_os}
         if not missing or not missing <= skipped:
             raise BuildError(f"runtime.wheelhouse: no wheel of {', '.join(sorted(missing)) or 'a dependency'} "
                              f"for {', '.join(self.params.platforms)} (python {self.params.python_version})",
@@ -201,4 +205,5 @@ def _manifest(params: WheelhouseParams, wheels: Path, resolver: _Resolver) -> di
         "files": files,
         "unavailable": resolver.unavailable,
         "unresolved_dependencies": resolver.unresolved,
+        "provided_by_os": list(params.provided_by_os),
     }

@@ -1,0 +1,166 @@
+"""The architecture-faithful fleet: each board's own CPU architecture, Debian userland and runtime under qemu-user.
+
+rpi3 is an armhf (armv7l) userland whose runtime venv is provisioned offline from the pushed wheelhouse
+(tflite-runtime 2.14.0's armv7l wheel) and sees the OS's numpy; coral is an arm64 userland with the
+tflite-runtime stand-in. Deploy, benchmark and on-device evaluation run there for real, and a device
+without its OS numpy package is stopped before anything is sent.
+
+The root filesystems are built once (debootstrap, minutes) into the cache that
+``EDGEFLEET_ROOTFS_CACHE`` names (conftest points it at the repository's cache), never per test.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from edgefleet.api.collect import CollectOptions, collect_benchmarks, results_db_path
+from edgefleet.api.context import Env
+from edgefleet.api.deploy import DeployOptions, deploy
+from edgefleet.api.fleet import device_specs, userland_for
+from edgefleet.console import make_console
+from edgefleet.deploy.devices import fleet_dir
+from edgefleet.errors import DeployError
+from edgefleet.fleet import DeviceSpec, EmulatedFleet
+from edgefleet.profiles.load import load_profile
+from edgefleet.transport.registry import open_transport
+from edgefleet.workspace import open_workspace
+from fleet_fixtures import require_fleet_tools
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.ssh, pytest.mark.convert, pytest.mark.slow]
+
+# Fewer cells than the real profiles (qemu is 100-500x slower); the boards, runtimes and variants are theirs.
+TEST_PROFILES = {
+    "rpi3": "extends: rpi3\nformats: {tflite: {quantizations: [fp32, int8]}}\nbench: {threads: [1, 2]}\n",
+    "coral": "extends: coral\nbench: {threads: [1]}\n",
+}
+NO_NUMPY = "rpi3-fresh"  # the same board before its user ran the profile's `apt install python3-numpy`
+
+
+def env() -> Env:
+    return Env(console=make_console(quiet=True))
+
+
+def _workspace(root: Path) -> Path:
+    for name in ("targets", "templates", "builders", "models"):
+        shutil.copytree(REPO / name, root / name)
+    (root / "edgefleet.yaml").write_text("backend: local\njobs: 2\n")
+    for name, text in TEST_PROFILES.items():
+        (root / "targets" / f"q{name}.yaml").write_text(text.replace("extends: ", "extends: ", 1))
+    (root / "targets" / f"{NO_NUMPY}.yaml").write_text("extends: rpi3\nformats: {tflite: {quantizations: [fp32]}}\n"
+                                                       "bench: {threads: [1]}\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def qfleet(tmp_path_factory):
+    require_fleet_tools()
+    if os.geteuid() != 0:
+        message = "the qemu-user fleet needs root (chroot, mounts)"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    root = _workspace(tmp_path_factory.mktemp("qemu-ws"))
+    targets = root / "targets"
+    specs = device_specs(targets, ("qrpi3", "qcoral"))
+    fresh = load_profile(targets, NO_NUMPY).profile
+    specs.append(DeviceSpec(name=NO_NUMPY, stands_in_for=fresh.device.board, arch=fresh.device.arch,
+                            userland=userland_for(fresh, without_packages=("python3-numpy",))))
+    with EmulatedFleet(fleet_dir(root / ".edgefleet"), specs,
+                       rootfs_cache=Path(os.environ["EDGEFLEET_ROOTFS_CACHE"])) as fleet:
+        yield root, fleet
+
+
+def _run(fleet, name: str, argv: list[str]) -> str:
+    with open_transport(fleet.device(name).connection, name=name) as transport:
+        return transport.run(argv, timeout=120).stdout
+
+
+def test_devices_run_their_boards_architecture_and_os(qfleet):
+    _, fleet = qfleet
+    assert _run(fleet, "qrpi3", ["uname", "-m"]).strip() == "armv7l"
+    assert _run(fleet, "qcoral", ["uname", "-m"]).strip() == "aarch64"
+    assert "bookworm" in _run(fleet, "qrpi3", ["cat", "/etc/os-release"])
+    # The device's own python3 is the armhf interpreter, not this host's.
+    machine = _run(fleet, "qrpi3", ["python3", "-c", "import platform; print(platform.machine())"])
+    assert machine.strip() == "armv7l"
+    emulation = fleet.device("qrpi3").emulation
+    assert emulation["kind"] == "qemu-user" and emulation["emulator"].startswith("qemu-arm ")
+    assert emulation["board_os"].startswith("Raspberry Pi OS")
+
+
+def test_rpi3_provisions_offline_and_measures_with_the_boards_runtime(qfleet):
+    root, fleet = qfleet
+    outcome = deploy(DeployOptions(target="qrpi3", eval=True, wait=True, workspace=root), env())
+    assert outcome.applied is not None and outcome.applied.provisioned
+    wheels = [a.what for a in outcome.plan.uploads if a.what.startswith("wheel ")]
+    assert any("tflite_runtime-2.14.0" in w and "armv7l" in w for w in wheels), wheels
+    assert not any("numpy" in w for w in wheels), wheels  # numpy is the OS's
+
+    collected = collect_benchmarks(CollectOptions(runs=(outcome.run_id,), workspace=root), env())
+    assert not collected.errors, collected.errors
+    with sqlite3.connect(results_db_path(open_workspace(root))) as db:
+        cells = db.execute("SELECT cell, status, p50_ms, raw, env FROM cells WHERE run_id = ?",
+                           (outcome.run_id,)).fetchall()
+        accuracy = {(c, m): v for c, m, v in db.execute(
+            "SELECT cell, metric, value FROM accuracy WHERE run_id = ?", (outcome.run_id,))}
+    assert len(cells) == 4
+    for cell, status, p50, raw, env_text in cells:
+        assert status == "ok" and p50 > 0, (cell, json.loads(raw).get("reason"))
+        result, environment = json.loads(raw), json.loads(env_text)
+        assert result["runtime_info"]["version"] == "2.14.0", result["runtime_info"]
+        assert "tflite_runtime" in result["runtime_info"]["module"]
+        assert environment["uname"]["machine"] == "armv7l" and environment["emulated"] is True
+        assert environment["numpy_path"].startswith("/usr/lib/python3/dist-packages")
+        assert environment["emulation"]["emulator"].startswith("qemu-arm ")
+        assert environment["emulation"]["bench_from_fleet"]["min_runs"] == 10
+    # Correctness carries over from armv7 kernels: the host's fp32 mAP within 0.5 points.
+    metrics = json.loads((REPO / "models" / "shapes" / "metrics.json").read_text())
+    assert accuracy[("tflite-fp32/xnnpack/t1", "map_50_95")] == pytest.approx(metrics["map_50_95"], abs=0.005)
+    assert 0.0 < accuracy[("tflite-int8/xnnpack/t1", "map_50_95")] <= 1.0
+    # The report says what the device was: its arch, OS, runtime version and emulator.
+    assert collected.report is not None
+    devices = json.loads(collected.report.json.read_text())["devices"]
+    assert len(devices) == 1, devices
+    shown = json.dumps(devices[0])
+    for fact in ("armv7l", "tflite_runtime", "2.14.0", "qemu-arm 7.2", "Raspberry Pi OS", "bookworm"):
+        assert fact in shown, (fact, devices[0])
+
+    again = deploy(DeployOptions(target="qrpi3", dry_run=True, workspace=root), env())
+    assert again.plan.bytes_to_send == 0  # wheels, agent and artifacts are all there
+
+
+def test_arm64_board_measures_and_evaluates(qfleet):
+    root, fleet = qfleet
+    outcome = deploy(DeployOptions(target="qcoral", eval=True, wait=True, workspace=root), env())
+    collected = collect_benchmarks(CollectOptions(runs=(outcome.run_id,), workspace=root), env())
+    assert not collected.errors, collected.errors
+    with sqlite3.connect(results_db_path(open_workspace(root))) as db:
+        rows = db.execute("SELECT cell, status, env FROM cells WHERE run_id = ?", (outcome.run_id,)).fetchall()
+        accuracy = {(c, m): v for c, m, v in db.execute(
+            "SELECT cell, metric, value FROM accuracy WHERE run_id = ?", (outcome.run_id,))}
+    statuses = {cell: status for cell, status, _ in rows}
+    # The CPU cell runs on the aarch64 runtime (the Edge TPU model is not compiled here: no edgetpu_compiler).
+    assert statuses == {"tflite-full-int8/cpu/t1": "ok"}
+    assert all(json.loads(e)["uname"]["machine"] == "aarch64" for _, _, e in rows)
+    assert 0.0 < accuracy[("tflite-full-int8/cpu/t1", "map_50_95")] <= 1.0
+
+
+def test_a_board_without_its_os_numpy_is_stopped_before_anything_is_sent(qfleet):
+    root, fleet = qfleet
+    with pytest.raises(DeployError) as failure:
+        deploy(DeployOptions(target=NO_NUMPY, workspace=root), env())
+    message = str(failure.value)
+    assert "numpy" in message and "sudo apt install python3-numpy" in message and "Nothing was sent" in message
+    workdir = fleet.device(NO_NUMPY).workdir
+    assert _run(fleet, NO_NUMPY, ["ls", "-A", workdir]).split() == ["device.json"]
+
+    # The user's fix, on the board itself (from apt's cache: the devices have no internet).
+    _run(fleet, NO_NUMPY, ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
+                           "--no-download", "python3-numpy"])
+    outcome = deploy(DeployOptions(target=NO_NUMPY, wait=True, workspace=root), env())
+    assert outcome.applied is not None and outcome.applied.provisioned
+    assert outcome.final_status and outcome.final_status["state"] == "done"
