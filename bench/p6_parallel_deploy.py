@@ -167,7 +167,7 @@ def delayed_links(fleet: Any, rtt_ms: float) -> Iterator[None]:
     if not rtt_ms:
         yield
         return
-    from edgefleet.fleet.inventory import INVENTORY_FILE, load_inventory, save_inventory
+    from edgefleet.deploy.inventory import INVENTORY_FILE, load_inventory, save_inventory
     from edgefleet.transport.hostkeys import host_key_name
 
     state_dir = Path(fleet.state_dir)

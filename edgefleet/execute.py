@@ -18,7 +18,7 @@ from edgefleet import __version__
 from edgefleet.backends.base import Backend, StepRequest
 from edgefleet.errors import BuildError, ToolUnavailableError
 from edgefleet.plan.model import Plan, SourceInput, Step, StepInput
-from edgefleet.step import RESULT_FILE
+from edgefleet.steps.process import RESULT_FILE
 from edgefleet.store import ArtifactStore
 
 Status = Literal["cached", "built", "failed", "unavailable", "skipped"]

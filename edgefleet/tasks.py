@@ -6,30 +6,59 @@ build stay fast.
 from __future__ import annotations
 
 import functools
+import os
+import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from invoke import Collection, Exit, task
 
-from edgefleet.errors import EdgefleetError
+from edgefleet.errors import DEBUG_ENV, EXIT_INTERRUPTED, EdgefleetError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def reports_errors(func: F) -> F:
-    """Turn an edgefleet error into a clean message and its exit code; never a traceback."""
+    """Turn an edgefleet error into a clean message and its exit code (``edgefleet/errors.py``).
+
+    With EDGEFLEET_DEBUG=1 the whole exception chain is printed instead, for a bug report;
+    the exit code stays the error's own.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except EdgefleetError as exc:
+            if debugging():
+                print_chain(exc)
+                raise Exit(code=exc.exit_code) from None
             raise Exit(f"error: {exc}", code=exc.exit_code) from None
         except KeyboardInterrupt:
-            raise Exit("interrupted", code=130) from None
+            raise Exit("interrupted", code=EXIT_INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV) == "1"
+
+
+def print_chain(exc: BaseException) -> None:
+    """The traceback of ``exc`` and every exception behind it, to stderr.
+
+    Edgefleet errors are often raised ``from None`` so users get one paragraph; a bug report
+    wants what was hidden, so the suppressed context is shown too.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__suppress_context__ = False
+        link = link.__cause__ or link.__context__
+    traceback.print_exception(exc, file=sys.stderr)
 
 
 @task(name="targets")
@@ -155,8 +184,7 @@ def doctor_task(c, target=None, no_devices=False, connect_timeout=3.0):
     from edgefleet.api.doctor import DoctorOptions, doctor
     report = doctor(DoctorOptions(targets=tuple(target or ()), devices=not no_devices,
                                   connect_timeout_s=float(connect_timeout)))
-    if not report.ok:
-        raise Exit(f"doctor: {len(report.failed)} required check(s) failed; see the table above", code=1)
+    report.raise_for_failures()
 
 
 @task(name="demo", help={"keep-fleet": "leave the emulated fleet running afterwards",

@@ -48,7 +48,7 @@ class Built:
 
 def run_step(func: Callable[[StepContext], StepResult], kind: str, out_dir: Path,
              inputs: dict[str, Path], params: dict[str, Any]) -> Built:
-    """Call a step function in-process the way ``python -m edgefleet.step`` does."""
+    """Call a step function in-process the way ``python -m edgefleet.steps.process`` does."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
     ctx = StepContext(kind=kind, inputs=inputs, params=params, out_dir=out_dir, log=lines.append)

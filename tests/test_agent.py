@@ -14,8 +14,8 @@ import pytest
 from agent_fixtures import (FAST_BENCH, AgentRun, Models, agent_status, main_cells, run_agent, tflite_cell,
                             wait_for, write_run)
 
-from edgefleet.agent import agent as agent_module
-from edgefleet.agent.agent import RunLock
+from edgefleet.agent.efagent.inputs import to_input
+from edgefleet.agent.efagent.locks import RunLock
 from edgefleet.results.schema import ResultLine
 
 pytest_plugins = ["agent_fixtures"]
@@ -64,15 +64,15 @@ def test_normalize_then_quantize_matches_the_formula() -> None:
     raw = np.array([[0, 100, 255]], dtype=np.uint8)
     norm = {"mean": 127.5, "std": 127.5}
     # (x - 127.5) / 127.5 = [-1, -0.2157, 1]; at scale 1/128, zero point 0: [-128, -27.6 -> -28, 128 -> 127].
-    int8 = agent_module.to_input(raw, {"dtype": "int8", "scale": 1 / 128, "zero_point": 0}, norm)
+    int8 = to_input(raw, {"dtype": "int8", "scale": 1 / 128, "zero_point": 0}, norm)
     assert int8.dtype == np.int8 and int8.tolist() == [[-128, -28, 127]]
     # uint8 with zero point 128: the same values shifted, clipped to [0, 255].
-    uint8 = agent_module.to_input(raw, {"dtype": "uint8", "scale": 1 / 128, "zero_point": 128}, norm)
+    uint8 = to_input(raw, {"dtype": "uint8", "scale": 1 / 128, "zero_point": 128}, norm)
     assert uint8.tolist() == [[0, 100, 255]]
-    floats = agent_module.to_input(raw, {"dtype": "float32", "scale": 0.0, "zero_point": 0}, norm)
+    floats = to_input(raw, {"dtype": "float32", "scale": 0.0, "zero_point": 0}, norm)
     assert floats == pytest.approx(np.array([[-1.0, -27.5 / 127.5, 1.0]]))
     # No normalization and matching dtypes: a uint8-input model takes the raw image.
-    same = agent_module.to_input(raw, {"dtype": "uint8", "scale": 1 / 255, "zero_point": 0}, None)
+    same = to_input(raw, {"dtype": "uint8", "scale": 1 / 255, "zero_point": 0}, None)
     assert same.tolist() == raw.tolist()
 
 

@@ -19,15 +19,17 @@ from edgefleet.agent.bundle import build_agent_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT_DIR = REPO / "edgefleet" / "agent"
-DEVICE_FILES = ["__init__.py", "agent.py", "runtimes.py", "postprocess.py", "evaluate.py", "launcher.py"]
-# What the device side may import at module level besides the stdlib.
-ALLOWED_THIRD_PARTY = {"numpy", "agent", "runtimes", "postprocess", "evaluate"}
+PACKAGE_DIR = AGENT_DIR / "efagent"
+# What runs on the device: the agent's package and the zipapp's __main__.
+DEVICE_FILES = sorted(PACKAGE_DIR.glob("*.py")) + [AGENT_DIR / "launcher.py"]
+# What the device side may import besides the stdlib (the launcher imports the package by its name).
+ALLOWED_THIRD_PARTY = {"numpy", "efagent"}
 # The runtimes, imported inside runtimes.py's functions only.
 RUNTIME_MODULES = {"ai_edge_litert", "tflite_runtime", "tensorflow", "onnxruntime", "openvino", "pkg_resources"}
 
 
 def _device_files() -> list[Path]:
-    return [AGENT_DIR / name for name in DEVICE_FILES if (AGENT_DIR / name).exists()]
+    return DEVICE_FILES
 
 
 def test_vermin_says_python_36_is_enough() -> None:
@@ -61,7 +63,7 @@ def test_imports_only_stdlib_numpy_and_runtimes(path: Path) -> None:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # `from . import runtimes`: a sibling shipped in the same zipapp
+            if node.level:  # `from . import runtimes`: a module of the same package
                 continue
             names = [node.module or ""]
         else:
@@ -75,10 +77,26 @@ def test_imports_only_stdlib_numpy_and_runtimes(path: Path) -> None:
 
 
 def test_runtime_libraries_are_imported_lazily() -> None:
-    tree = ast.parse((AGENT_DIR / "runtimes.py").read_text())
+    tree = ast.parse((PACKAGE_DIR / "runtimes.py").read_text())
     top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     top_level |= {(node.module or "").split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom)}
     assert not top_level & RUNTIME_MODULES, "a device without one runtime must still load the agent"
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_the_package_imports_itself_relatively_and_without_fallbacks(path: Path) -> None:
+    """One way to import a module of the agent, on the host and on the device alike: `from . import x`.
+    No `try: from . import x / except ImportError: import x`, no module imported by its bare name."""
+    siblings = {p.stem for p in PACKAGE_DIR.glob("*.py")} | {"efagent", "edgefleet"}
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            assert not {alias.name.split(".")[0] for alias in node.names} & siblings, f"{path.name}:{node.lineno}"
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            assert (node.module or "").split(".")[0] not in siblings, f"{path.name}:{node.lineno}"
+        if isinstance(node, ast.Try):
+            imports = [n for n in ast.walk(node) if isinstance(n, ast.ImportFrom) and n.level]
+            assert not imports, f"{path.name}:{node.lineno}: a relative import inside try"
 
 
 def test_bundle_holds_the_device_modules_and_is_reproducible(tmp_path: Path) -> None:
@@ -88,9 +106,8 @@ def test_bundle_holds_the_device_modules_and_is_reproducible(tmp_path: Path) -> 
     assert first.sha256 == second.sha256
     assert first.path.read_bytes().startswith(b"#!/usr/bin/env python3\n")
     names = set(zipfile.ZipFile(first.path).namelist())
-    expected = {"__main__.py", "agent.py", "runtimes.py"} | {
-        name for name in ("postprocess.py", "evaluate.py") if (AGENT_DIR / name).exists()}
-    assert names == expected
+    assert names == {"__main__.py"} | {f"efagent/{p.name}" for p in PACKAGE_DIR.glob("*.py")}
+    assert set(first.modules) == names - {"__main__.py"}
     proc = subprocess.run([sys.executable, str(first.path), "version"], capture_output=True, text=True,
                           timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -114,18 +131,25 @@ def test_first_start_unpacks_the_modules_once_so_later_starts_use_cached_bytecod
     folders = list((tmp_path / "agent.pyz.d").iterdir())
     assert len(folders) == 1 and not folders[0].name.startswith(".")
     unpacked = folders[0]
-    assert {p.name for p in unpacked.glob("*.py")} == set(bundle.modules)
-    cached = sorted(p.name.split(".")[0] for p in (unpacked / "__pycache__").glob("*.pyc"))
-    assert "agent" in cached and "runtimes" in cached
+    assert {str(p.relative_to(unpacked)) for p in unpacked.rglob("*.py")} == set(bundle.modules)
+    # What `status` loads is compiled once, here, not at every poll.
+    cached = {p.name.split(".")[0] for p in (unpacked / "efagent" / "__pycache__").glob("*.pyc")}
+    assert {"__init__", "cli", "status"} <= cached
     stamp = {p: p.stat().st_mtime_ns for p in unpacked.rglob("*")}
     assert status()["state"] == "not_started"
     assert {p: p.stat().st_mtime_ns for p in unpacked.rglob("*")} == stamp  # reused, not unpacked again
 
-    # A different agent gets a folder of its own; a running older agent keeps its modules.
-    (tmp_path / "src").mkdir()
+    # The same sources, copied (new dates, another mode), make the same archive, which finds its folder.
+    (tmp_path / "src" / "efagent").mkdir(parents=True)
     for name in (*bundle.modules, "launcher.py"):
         (tmp_path / "src" / name).write_bytes((AGENT_DIR / name).read_bytes())
-    with (tmp_path / "src" / "agent.py").open("a") as handle:
+        (tmp_path / "src" / name).chmod(0o600)
+    assert build_agent_bundle(tmp_path / "agent.pyz", source_dir=tmp_path / "src").sha256 == bundle.sha256
+    assert status()["state"] == "not_started"
+    assert len(list((tmp_path / "agent.pyz.d").iterdir())) == 1
+
+    # A different agent gets a folder of its own; a running older agent keeps its modules.
+    with (tmp_path / "src" / "efagent" / "cli.py").open("a") as handle:
         handle.write("\n# another version\n")
     build_agent_bundle(tmp_path / "agent.pyz", source_dir=tmp_path / "src")
     assert status()["state"] == "not_started"

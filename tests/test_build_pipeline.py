@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from invoke import Exit
 
+from edgefleet import errors
 from edgefleet.api.build import BuildOptions, build
 from edgefleet.api.context import Env
 from edgefleet.console import make_console
@@ -17,11 +20,14 @@ from edgefleet.testing.yolo_onnx import make_yolov5s_like_onnx
 
 pytestmark = [pytest.mark.convert, pytest.mark.slow]
 INVOKE = str(Path(sys.executable).with_name("invoke"))
+REPO = Path(__file__).resolve().parents[1]
 
 
-def invoke(ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def invoke(ws: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    # EDGEFLEET_DEBUG from the caller's shell would turn every clean message into a traceback.
+    inherited = {k: v for k, v in os.environ.items() if k != errors.DEBUG_ENV}
     return subprocess.run([INVOKE, *args], cwd=ws, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "COLUMNS": "200"})
+                          env={**inherited, "COLUMNS": "200", **(env or {})})
 
 
 def manifests(ws: Path) -> dict[str, dict]:
@@ -73,6 +79,66 @@ def test_misspelled_key_from_the_cli(workspace_copy):
     assert result.returncode == 2
     assert f"targets/rpi3.yaml:{line}:3: unknown key 'thread' (did you mean 'threads'?)" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_edgefleet_debug_prints_the_exception_chain_and_keeps_the_exit_code(workspace_copy):
+    path = workspace_copy / "targets" / "rpi3.yaml"
+    path.write_text(path.read_text().replace("  threads: [1, 2, 3, 4]", "  thread: [1, 2, 3, 4]"))
+    result = invoke(workspace_copy, "build", "--target", "rpi3", env={errors.DEBUG_ENV: "1"})
+    assert result.returncode == errors.ConfigError.exit_code, result.stdout + result.stderr
+    assert "Traceback (most recent call last)" in result.stderr
+    assert re.search(r"^edgefleet\.errors\.ConfigError: targets/rpi3\.yaml:\d+:3: unknown key 'thread'",
+                     result.stderr, re.MULTILINE)
+    # The pydantic error the ConfigError was raised "from None" over: what a bug report needs.
+    assert "ValidationError" in result.stderr
+    assert "During handling of the above exception, another exception occurred" in result.stderr
+
+
+def all_errors() -> list[type[errors.EdgefleetError]]:
+    found, pending = [], [errors.EdgefleetError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def test_readme_tables_every_exit_code_and_each_error_has_its_own():
+    classes = [c for c in all_errors() if c.__module__ == "edgefleet.errors"]
+    codes = [c.exit_code for c in classes]
+    assert len(set(codes)) == len(codes), sorted(zip(codes, (c.__name__ for c in classes)))
+    rows = re.findall(r"^\| (\d+) \| (?:`(\w+)`)?[^|]*\|", (REPO / "README.md").read_text(), re.MULTILINE)
+    table = {int(code): name for code, name in rows}
+    constants = {getattr(errors, n) for n in dir(errors) if n.startswith("EXIT_")}
+    assert set(table) == constants == set(codes) | {errors.EXIT_OK, errors.EXIT_INTERRUPTED}
+    for cls in classes:
+        if cls is not errors.EdgefleetError:
+            assert table[cls.exit_code] == cls.__name__, cls
+
+
+@pytest.mark.parametrize("error", [errors.FleetError, errors.ChecksFailedError, errors.ToolUnavailableError,
+                                   errors.DeviceBusyError])
+def test_a_task_exits_with_the_errors_own_code(error, monkeypatch):
+    from edgefleet.tasks import reports_errors
+
+    monkeypatch.delenv(errors.DEBUG_ENV, raising=False)
+
+    @reports_errors
+    def failing() -> None:
+        raise error("it broke")
+
+    with pytest.raises(Exit) as caught:
+        failing()
+    assert caught.value.code == error.exit_code and caught.value.message == "error: it broke"
+
+
+def test_fleet_error_is_its_own_and_importable_where_it_was():
+    from edgefleet.fleet import FleetError
+    from edgefleet.fleet.system import FleetError as from_system
+
+    assert FleetError is from_system is errors.FleetError
+    assert not issubclass(FleetError, errors.DeployError)
+    assert FleetError.exit_code == errors.EXIT_FLEET != errors.DeployError.exit_code
 
 
 def test_yolov5s_shaped_onnx_through_onnx2tf_has_no_transposes(workspace_copy, tmp_path):

@@ -17,7 +17,7 @@ from edgefleet.images.builder_spec import BuilderSpec, load_builder_spec, pin_mi
 from edgefleet.images.render import RenderInputs, VenvInputs, render_dockerfile
 from edgefleet.images.wheelhouse import manylinux_platforms
 from edgefleet.steps.android import TARGETS, bazel_command
-from edgefleet.steps.registry import STEP_KINDS
+from edgefleet.steps.registry import STEP_KINDS, resolve_step
 
 REPO = Path(__file__).resolve().parents[1]
 BUILDERS = ("tf", "edgetpu", "tftrt-prep", "android-aar", "runtime")
@@ -116,13 +116,29 @@ def test_edgefleet_is_installed_with_its_extras_into_a_venv_on_path(rendered: tu
     assert f"/tmp/{WHEEL}{suffix}" in dockerfile
 
 
-def test_step_kinds_run_in_the_builder_the_registry_names() -> None:
-    specs = {name: load_builder_spec(REPO / "builders" / name) for name in BUILDERS}
+def test_every_step_kind_has_a_builder_and_every_builder_runs_a_kind() -> None:
+    """The step registry is the one place that names a kind's builder; builder specs ask it."""
+    on_disk = {p.parent.name for p in (REPO / "builders").glob("*/builder.yaml")}
+    assert on_disk == set(BUILDERS)
     for kind in STEP_KINDS.values():
-        assert kind.builder in specs, f"{kind.name} names builder {kind.builder!r}, which does not exist"
-        assert kind.name in specs[kind.builder].step_kinds, f"builders/{kind.builder}/builder.yaml lacks {kind.name}"
-    listed = {k for spec in specs.values() for k in spec.step_kinds}
-    assert listed <= set(STEP_KINDS), f"builder.yaml lists unregistered kinds: {listed - set(STEP_KINDS)}"
+        assert kind.builder in on_disk, f"{kind.name} names builder {kind.builder!r}, which does not exist"
+    specs = {name: load_builder_spec(REPO / "builders" / name) for name in BUILDERS}
+    for name, spec in specs.items():
+        assert spec.step_kinds, f"builders/{name} runs no registered step kind"
+    assert sorted(k for spec in specs.values() for k in spec.step_kinds) == sorted(STEP_KINDS)
+    assert specs["runtime"].step_kinds == ("runtime.wheelhouse", "tflite.runtime_compat")
+    assert specs["edgetpu"].step_kinds == ("edgetpu.compile",)
+
+
+def test_every_steps_module_implements_a_registered_kind() -> None:
+    """No dead tables or stale targets in edgefleet/steps/: each module is a registered kind's implementation
+    or part of the step contract, and each registered target resolves."""
+    contract = {"__init__", "base", "registry", "process"}
+    implementations = {kind.target.partition(":")[0] for kind in STEP_KINDS.values()}
+    modules = {f"edgefleet.steps.{p.stem}" for p in (REPO / "edgefleet" / "steps").glob("*.py")}
+    assert modules - {f"edgefleet.steps.{name}" for name in contract} == implementations
+    for name in STEP_KINDS:
+        assert callable(resolve_step(name)), name
 
 
 def test_host_constrained_pins_match_the_constraints_file() -> None:
@@ -207,6 +223,8 @@ def test_a_missing_template_variable_is_an_error_naming_it(tmp_path: Path) -> No
     ({"base_image": "python:latest"}, "non-floating tag"),
     ({"versions": {"bazel": "latest"}}, "floating version"),
     ({"venvs": [{"path": "/opt/a"}]}, "exactly one venv must install edgefleet"),
+    ({"step_kinds": ["runtime.wheelhouse"]}, "step_kinds is not read any more: each step kind names its builder "
+                                             "in edgefleet/steps/registry.py"),
 ])
 def test_bad_builder_yaml_is_a_config_error_with_its_location(tmp_path: Path, change: dict, message: str) -> None:
     from ruamel.yaml import YAML

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from ruamel.yaml import YAML
 
-from edgefleet.agent import postprocess as pp
+from edgefleet.agent.efagent import postprocess as pp
 from edgefleet.evaluation import score_detections
 
 pytestmark = pytest.mark.slow

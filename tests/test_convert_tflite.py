@@ -13,6 +13,7 @@ import pytest
 from convert_fixtures import KERAS_SPEC, Built, conversion_params, run_step
 
 from edgefleet.errors import SourceError
+from edgefleet.steps.process import STEP_MODULE
 
 pytest_plugins = ["convert_fixtures"]
 pytestmark = pytest.mark.convert
@@ -141,7 +142,7 @@ def test_bad_calibration_data_is_a_source_error(tmp_path: Path, keras_model: Pat
 
 def _run_cli(spec: dict, path: Path) -> subprocess.CompletedProcess[str]:
     path.write_text(json.dumps(spec))
-    return subprocess.run([sys.executable, "-m", "edgefleet.step", str(path)], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", STEP_MODULE, str(path)], cwd=REPO, capture_output=True,
                           text=True, timeout=600)
 
 
@@ -169,7 +170,7 @@ def test_the_real_runner_reports_a_corrupt_model_without_a_traceback(
             "inputs": {"model": str(corrupt_files["keras"]), "calibration": str(calibration_npy)},
             "params": conversion_params(KERAS_SPEC, quantization="fp16")}
     proc = _run_cli(spec, tmp_path / "spec.json")
-    assert proc.returncode == 1
+    assert proc.returncode == SourceError.exit_code
     assert "error: cannot load Keras model 'broken.keras'" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
 

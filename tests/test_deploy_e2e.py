@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,8 @@ from edgefleet.deploy.devices import fleet_dir
 from edgefleet.deploy.lock import DeviceLock
 from edgefleet.errors import DeviceBusyError
 from edgefleet.fleet import DeviceSpec, EmulatedFleet
+from edgefleet.profiles.load import load_profile
+from edgefleet.recipes.load import load_recipe
 from edgefleet.transport.registry import open_transport
 from edgefleet.transport.ssh import SshTransport
 from edgefleet.workspace import open_workspace
@@ -169,3 +173,22 @@ def _dump(path: Path) -> str:
     with sqlite3.connect(path) as db:
         return "\n".join(db.iterdump())
 
+
+
+def test_a_deploy_loads_its_profile_and_recipe_once(ws, monkeypatch):
+    """Validate once at load, then pass typed values inward: one deploy, one load of each."""
+    root, _ = ws
+    loads: Counter[tuple[str, str]] = Counter()
+    for original, what in ((load_profile, "profile"), (load_recipe, "recipe")):
+        def counting(*args, _original=original, _what=what, **kwargs):
+            loaded = _original(*args, **kwargs)
+            loads[(_what, loaded.profile.name if _what == "profile" else loaded.recipe.name)] += 1
+            return loaded
+        for module in list(sys.modules.values()):  # every module that imported the loader by name
+            if getattr(module, original.__name__, None) is original:
+                monkeypatch.setattr(module, original.__name__, counting)
+    outcome = deploy(DeployOptions(target="dev-a", wait=True, workspace=root), env())
+    assert outcome.final_status and outcome.final_status["state"] == "done"
+    assert loads[("profile", "dev-a")] == 1 and loads[("recipe", "shapes")] == 1, loads
+    # The host-CPU stand-in's wheels come from this host's profile: a different target, loaded once too.
+    assert loads[("profile", "local")] == 1, loads

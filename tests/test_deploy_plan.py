@@ -19,7 +19,7 @@ WD = "/opt/ef"
 def profile(arch: str = "armv7l", delegates=("cpu",), threads=(1, 2)) -> Profile:
     return Profile.model_validate({
         "name": "dev", "device": {"board": "b", "arch": arch, "os": "o", "python": "3.11"},
-        "runtime": {"name": "rt", "provided_by": "device"}, "formats": {"tflite": {"quantizations": ["fp32"]}},
+        "runtime": {"name": "tflite-runtime", "provided_by": "device"}, "formats": {"tflite": {"quantizations": ["fp32"]}},
         "bench": {"threads": list(threads), "delegates": list(delegates)}, "workdir": WD,
     })
 
@@ -91,15 +91,17 @@ def test_real_device_with_wrong_arch_is_an_error():
         plan_deploy(request(profile()), facts(arch="x86_64"))
 
 
-@pytest.mark.parametrize("emulated, host_cpu, allowed", [
-    (False, False, False),   # a real board that answers with another arch: wrong host
-    (True, False, False),    # a qemu-user device runs the board's own arch, so a mismatch is an error too
-    (True, True, True),      # only the explicit host-CPU stand-in (`--emulate host`) may differ, labelled
+@pytest.mark.parametrize("emulated, host_cpu, via_inventory, allowed", [
+    (False, False, True, False),  # a real board that answers with another arch: wrong host
+    (True, False, True, False),   # a qemu-user device runs the board's own arch, so a mismatch is an error too
+    (True, True, True, True),     # only the explicit host-CPU stand-in (`--emulate host`) may differ, labelled
+    (True, True, False, True),    # ... also when a profile points at it directly: its identity file says so
 ])
-def test_only_the_host_cpu_standin_may_differ_in_arch(emulated, host_cpu, allowed):
-    req = replace(request(profile(), emulated=emulated), host_cpu_standin=host_cpu,
-                  emulation={"kind": "host-cpu" if host_cpu else "qemu-user"})
-    wrong_arch = facts(arch="x86_64", identity={"emulated": True} if emulated else None)
+def test_only_the_host_cpu_standin_may_differ_in_arch(emulated, host_cpu, via_inventory, allowed):
+    kind = "host-cpu" if host_cpu else "qemu-user"
+    req = replace(request(profile(), emulated=emulated and via_inventory), host_cpu_standin=host_cpu and via_inventory,
+                  emulation={"kind": kind} if via_inventory else None)
+    wrong_arch = facts(arch="x86_64", identity={"emulated": True, "emulation": {"kind": kind}} if emulated else None)
     if not allowed:
         with pytest.raises(DeployError, match="reports arch 'x86_64' but profile 'dev' says 'armv7l'"):
             plan_deploy(req, wrong_arch)
@@ -107,7 +109,7 @@ def test_only_the_host_cpu_standin_may_differ_in_arch(emulated, host_cpu, allowe
     plan = plan_deploy(req, wrong_arch)
     assert any("emulated by this host's CPU" in w for w in plan.warnings)
     config = next(a for a in plan.actions if isinstance(a, WriteRunConfig)).config
-    assert config["emulated"] is True and config["emulation"] == {"kind": "host-cpu"}
+    assert config["emulated"] is True and config.get("emulation") == ({"kind": "host-cpu"} if via_inventory else None)
 
 
 def os_numpy_profile() -> Profile:

@@ -2,7 +2,7 @@
 
 Cold (no images, no wheelhouse cache) this file makes the base image and the tf and
 runtime images; warm it reuses all three. The step tests use the small runtime image and
-real edgefleet steps (selftest.env, android.aar); the tf test runs real conversions.
+real edgefleet steps (probe.env, android.aar); the tf test runs real conversions.
 """
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from docker_fixtures import SMALL_BUILDER, Timings, descendants_of, step_contain
 
 from edgefleet.backends.base import StepRequest
 from edgefleet.backends.docker import DockerBackend
-from edgefleet.errors import BuildError, ToolUnavailableError
+from edgefleet.errors import EXIT_TOOL_UNAVAILABLE, BuildError, ToolUnavailableError
 from edgefleet.images.base_image import DEFAULT_BASE_IMAGE, MADE_BY, ensure_base_image
 from edgefleet.images.build import IMAGE_PREFIX, ImageBuilder
+from edgefleet.steps.process import STEP_MODULE
 
 pytestmark = pytest.mark.docker
 pytest_plugins = ["docker_fixtures"]
@@ -114,7 +115,7 @@ def test_step_runs_in_a_container_and_its_outputs_belong_to_the_invoking_user(
     out = tmp_path / "out"
     lines: list[str] = []
     started = time.monotonic()
-    backend.run_step(StepRequest(kind="selftest.env", builder=SMALL_BUILDER, inputs={"data": data},
+    backend.run_step(StepRequest(kind="probe.env", builder=SMALL_BUILDER, inputs={"data": data},
                                  params={}, out_dir=out), lines.append)
     timings.record("step_container_overhead", time.monotonic() - started)
 
@@ -133,11 +134,12 @@ def test_step_runs_in_a_container_and_its_outputs_belong_to_the_invoking_user(
 def test_failing_step_raises_build_error_with_the_log_tail_and_leaves_no_container(
         backend: DockerBackend, docker_client: Any, tmp_path: Path) -> None:
     with pytest.raises(BuildError) as caught:
-        backend.run_step(StepRequest(kind="selftest.env", builder=SMALL_BUILDER, inputs={},
+        backend.run_step(StepRequest(kind="probe.env", builder=SMALL_BUILDER, inputs={},
                                      params={"convert": "yes please"}, out_dir=tmp_path / "out"), lambda line: None)
     err = caught.value
     assert not isinstance(err, ToolUnavailableError)
-    assert err.returncode == 1 and "edgefleet.step" in err.command
+    # The step process exits with the error's own code (edgefleet/errors.py); the backend reads it back.
+    assert err.returncode == BuildError.exit_code and STEP_MODULE in err.command
     assert 0 < len(err.log_tail) <= BuildError.tail_lines
     assert "params.convert must be true or false" in err.log_tail[-1]
     assert "params.convert must be true or false" in str(err).splitlines()[0]
@@ -150,6 +152,7 @@ def test_step_missing_its_tools_is_reported_unavailable(backend: DockerBackend, 
     with pytest.raises(ToolUnavailableError) as caught:
         backend.run_step(StepRequest(kind="android.aar", builder=SMALL_BUILDER, inputs={}, params={},
                                      out_dir=tmp_path / "out"), lambda line: None)
+    assert caught.value.returncode == EXIT_TOOL_UNAVAILABLE
     message = str(caught.value)
     for needed in ("Bazel", "Android SDK", "NDK r21e", "TensorFlow source", "network access"):
         assert needed in message
@@ -162,10 +165,10 @@ def test_keep_container_leaves_the_container_for_debugging(docker_client: Any, s
                          cache_root=cache_root)
     try:
         with pytest.raises(BuildError):
-            kept.run_step(StepRequest(kind="selftest.env", builder=SMALL_BUILDER, inputs={},
+            kept.run_step(StepRequest(kind="probe.env", builder=SMALL_BUILDER, inputs={},
                                       params={"convert": 1}, out_dir=tmp_path / "out"), lambda line: None)
         left = step_containers(docker_client, kept.session)
-        assert len(left) == 1 and left[0].attrs["State"]["ExitCode"] == 1
+        assert len(left) == 1 and left[0].attrs["State"]["ExitCode"] == BuildError.exit_code
     finally:
         for container in step_containers(docker_client, kept.session):
             container.remove(force=True)
@@ -206,13 +209,13 @@ def test_tf_image_runs_real_conversions(docker_client: Any, base_image: str, wor
     ensured = backend.images.ensure("tf", lambda line: None)
     timings.record(f"tf_image_{'build' if ensured.built else 'reuse'}", time.monotonic() - started)
 
-    selftest = tmp_path / "selftest"
-    backend.run_step(StepRequest(kind="selftest.env", builder="tf", inputs={}, params={"convert": True},
-                                 out_dir=selftest), lambda line: None)
-    env = json.loads((selftest / "env.json").read_text())
+    probe = tmp_path / "probe"
+    backend.run_step(StepRequest(kind="probe.env", builder="tf", inputs={}, params={"convert": True},
+                                 out_dir=probe), lambda line: None)
+    env = json.loads((probe / "env.json").read_text())
     assert env["packages"]["tensorflow-cpu"] == "2.21.0" and env["python"].startswith("3.11.")
     assert env["conversion"]["max_abs_diff"] < 1e-5
-    assert (selftest / "selftest.tflite").read_bytes()[4:8] == b"TFL3"
+    assert (probe / "probe.tflite").read_bytes()[4:8] == b"TFL3"
 
     model = build_tiny_detector(tmp_path / "tiny_detector.keras")
     images, _ = generate(16, seed=3)
@@ -238,7 +241,7 @@ def test_unreachable_engine_is_a_build_error(tmp_path: Path) -> None:
     ws = Workspace(root=tmp_path, settings=Settings(backend="docker", docker_host="tcp://127.0.0.1:9"))
     backend = DockerBackend.for_workspace(ws, {})
     with pytest.raises(BuildError, match="cannot reach the Docker engine"):
-        backend.run_step(StepRequest(kind="selftest.env", builder=SMALL_BUILDER, inputs={}, params={},
+        backend.run_step(StepRequest(kind="probe.env", builder=SMALL_BUILDER, inputs={}, params={},
                                      out_dir=tmp_path / "out"), lambda line: None)
 
 

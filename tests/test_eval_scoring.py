@@ -200,9 +200,9 @@ def test_pack_is_cached_by_content(tmp_path):
 @pytest.mark.slow
 def test_bundled_fp32_tflite_reproduces_metrics_json_through_the_device_decode(tmp_path):
     """The pipeline's own fp32 conversion, fed and decoded by the agent's eval code, here on the host."""
-    from edgefleet.agent import evaluate, runtimes
-    from edgefleet.agent.agent import to_input
-    from edgefleet.api.build import BuildOptions, build, make_plan
+    from edgefleet.agent.efagent import evaluate, runtimes
+    from edgefleet.api.build import BuildOptions, build
+    from edgefleet.plan.workspace import load_plan
     from edgefleet.api.context import Env
     from edgefleet.console import make_console
     from edgefleet.evaluation.coco import score_detections
@@ -220,14 +220,14 @@ def test_bundled_fp32_tflite_reproduces_metrics_json_through_the_device_decode(t
         "transport: {kind: local}\nworkdir: /opt/edgefleet-gt-host\n")
     build(BuildOptions(target="gt-host", model="shapes", workspace=root), Env(console=make_console(quiet=True)))
     ws = open_workspace(root)
-    step = make_plan(ws, "gt-host", "shapes").variants[0]
+    step = load_plan(ws, "gt-host", "shapes").variants[0]
     artifact = ArtifactStore(ws.artifacts_dir).primary_file(step.key)
 
     request = eval_request(load_recipe(ws.models_dir, "shapes"), ws.state_dir / "eval")
     spec = eval_config(request, str(request.images_path))
     session = runtimes.get_runtime("tflite").load(str(artifact), 1, None, {})
     out = tmp_path / "eval" / "fp32.json"
-    summary = evaluate.evaluate(session, spec, spec["images"], str(out), to_input)
+    summary = evaluate.evaluate(session, spec, spec["images"], str(out))
     assert summary["images"] == 128
     gt = ws.state_dir / "eval" / "ground-truth" / f"{request.ground_truth['sha256']}.json"
     scored = score_detections(gt, json.loads(out.read_text()))

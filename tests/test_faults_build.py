@@ -162,7 +162,7 @@ def test_r8_failing_image_build_carries_the_last_40_lines_and_leaves_nothing(
                             builders_root=builder_dir.parent, cache_root=cache_root)
     containers_before = descendants_of(docker_client, base_image)
     store = ArtifactStore(tmp_path / "artifacts")
-    step = Step("selftest", "selftest.env", SMALL_BUILDER, {}, {}, key=uuid.uuid4().hex * 2)
+    step = Step("probe", "probe.env", SMALL_BUILDER, {}, {}, key=uuid.uuid4().hex * 2)
     (outcome,) = run_one(step, store, backend).outcomes
     assert outcome.status == "failed"
     tail = log_tail(outcome.message)
@@ -182,13 +182,13 @@ def test_r8_failing_step_carries_its_log_tail_and_leaves_nothing(
         private_tmp: Path) -> None:
     backend = DockerBackend(workspace, client_factory=lambda: docker_client, env={}, cache_root=cache_root)
     store = ArtifactStore(tmp_path / "artifacts")
-    step = Step("selftest", "selftest.env", SMALL_BUILDER, {"convert": "yes please"}, {}, key=uuid.uuid4().hex * 2)
+    step = Step("probe", "probe.env", SMALL_BUILDER, {"convert": "yes please"}, {}, key=uuid.uuid4().hex * 2)
     (outcome,) = run_one(step, store, backend).outcomes
     assert outcome.status == "failed"
-    assert re.search(r"step selftest\.env failed in edgefleet/builder-runtime:\w+: .*params\.convert",
+    assert re.search(r"step probe\.env failed in edgefleet/builder-runtime:\w+: .*params\.convert",
                      outcome.message)
     tail = log_tail(outcome.message)
     assert 0 < len(tail) <= 40 and "params.convert must be true or false" in tail[-1]
-    assert "exit code: 1" in outcome.message
+    assert f"exit code: {BuildError.exit_code}" in outcome.message
     assert step_containers(docker_client, backend.session) == []
     assert_nothing_left(store, private_tmp)

@@ -411,7 +411,7 @@ def test_r2_killed_agent_is_interrupted_keeps_finished_cells_and_resumes(ws: Wor
 
 def test_r2_a_kill_between_a_line_and_its_status_still_counts_the_cell(tmp_path: Path) -> None:
     """The window the test above may hit by chance: the line is fsynced, status.json not yet rewritten."""
-    from edgefleet.agent.agent import status_command
+    from edgefleet.agent.efagent.status import status_command
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

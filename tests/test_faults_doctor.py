@@ -19,6 +19,7 @@ from edgefleet.api.context import Env
 from edgefleet.api.doctor import HOST, DoctorOptions, doctor, emulation_checks
 from edgefleet.console import make_console
 from edgefleet.deploy.devices import fleet_dir
+from edgefleet.errors import ChecksFailedError
 from edgefleet.fleet import DeviceSpec, EmulatedFleet, sshd
 from edgefleet.fleet.keys import generate_keypair
 from fleet_fixtures import require_fleet_tools
@@ -140,9 +141,10 @@ def _invoke(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_invoke_doctor_exits_non_zero_only_when_something_required_is_wrong(ws: Doctored) -> None:
     failing = _invoke(ws.root, "--connect-timeout", "2")
-    assert failing.returncode == 1, failing.stdout + failing.stderr
+    # Its own code from edgefleet/errors.py, not a bare 1 (which means an unexpected error).
+    assert failing.returncode == ChecksFailedError.exit_code, failing.stdout + failing.stderr
     assert "Traceback" not in failing.stdout + failing.stderr
-    assert "doctor: 3 required check(s) failed" in failing.stderr
+    assert "error: doctor: 3 required check(s) failed; see the table above" in failing.stderr
     for text in ("dr-good", "dr-down", "connection refused", "HOST KEY CHANGED", "how to fix"):
         assert text in failing.stdout, text
 

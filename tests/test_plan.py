@@ -24,7 +24,7 @@ def profile(formats: dict, **extra) -> Profile:
     return Profile.model_validate({
         "name": "dev",
         "device": {"board": "b", "arch": "aarch64", "os": "o", "python": "3.11"},
-        "runtime": {"name": "rt", "provided_by": "device"},
+        "runtime": {"name": "tflite-runtime", "provided_by": "device"},
         "formats": formats, "workdir": "/opt/ef", **extra,
     })
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefleet.agent import postprocess as pp
+from edgefleet.agent.efagent import postprocess as pp
 
 REPO = Path(__file__).resolve().parents[1]
-POSTPROCESS = REPO / "edgefleet" / "agent" / "postprocess.py"
+POSTPROCESS = REPO / "edgefleet" / "agent" / "efagent" / "postprocess.py"
 
 PARAMS = {
     "num_classes": 3,

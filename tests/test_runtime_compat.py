@@ -22,7 +22,8 @@ from edgefleet.plan.model import SourceInput, StepInput
 from edgefleet.plan.planner import PlanInputs, plan_build
 from edgefleet.profiles.model import Profile
 from edgefleet.recipes.model import Recipe
-from edgefleet.step import ERROR_FILE, EXIT_UNAVAILABLE
+from edgefleet.errors import EXIT_TOOL_UNAVAILABLE
+from edgefleet.steps.process import ERROR_FILE, STEP_MODULE
 
 pytest_plugins = ["convert_fixtures"]
 PIN = RuntimePin(distribution="tflite-runtime", version="2.14.0")
@@ -275,9 +276,9 @@ def test_without_pypi_or_a_cached_venv_the_step_is_not_built_here(tmp_path: Path
     # ... and the workspace's own (empty) venv cache, not the suite's shared one.
     env = {k: v for k, v in os.environ.items() if k not in ("PIP_FIND_LINKS", "EDGEFLEET_COMPAT_CACHE")}
     env["PIP_INDEX_URL"] = "http://127.0.0.1:9/simple"
-    proc = subprocess.run([sys.executable, "-m", "edgefleet.step", str(spec)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", STEP_MODULE, str(spec)], capture_output=True, text=True,
                           env=env, timeout=300)
-    assert proc.returncode == EXIT_UNAVAILABLE, proc.stdout + proc.stderr
+    assert proc.returncode == EXIT_TOOL_UNAVAILABLE, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     error = json.loads((out_dir / ERROR_FILE).read_text())
     assert error["type"] == "ToolUnavailableError"
@@ -294,7 +295,7 @@ def test_without_pypi_or_a_cached_venv_the_step_is_not_built_here(tmp_path: Path
 @pytest.mark.convert
 @pytest.mark.slow
 def test_an_rpi3_build_checks_every_tflite_variant_against_tflite_runtime_2_14(workspace_copy: Path):
-    from edgefleet.api.build import make_plan
+    from edgefleet.plan.workspace import load_plan
     from edgefleet.backends.registry import open_backend
     from edgefleet.execute import execute_plan
     from edgefleet.profiles.load import load_profile
@@ -303,7 +304,7 @@ def test_an_rpi3_build_checks_every_tflite_variant_against_tflite_runtime_2_14(w
 
     ws = open_workspace(workspace_copy)
     quantizations = load_profile(ws.targets_dir, "rpi3").profile.formats.tflite.quantizations
-    plan = make_plan(ws, "rpi3", None)
+    plan = load_plan(ws, "rpi3", None)
     # Deploy ships plan.variants by their own manifests: for tflite those are the load checks.
     assert {s.id: s.kind for s in plan.variants} == {f"tflite/{q}": "tflite.runtime_compat" for q in quantizations}
     # The whole plan, as `invoke build` runs it; only the tflite steps are this test's business.

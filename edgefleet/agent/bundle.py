@@ -1,30 +1,29 @@
 """Host side: pack the agent into one file, ``edgefleet-agent.pyz``, to copy to a device.
 
-The archive holds agent.py, runtimes.py, postprocess.py and evaluate.py (when present) as
-top-level modules plus a ``__main__``; it needs only Python 3.6+ and numpy on the
-device. Its bytes depend only on those sources, so the deploy step can tell from
-the sha256 whether a device already has this agent.
+The archive holds the agent's package (``efagent/``, every module of it) and launcher.py as its
+``__main__``; it needs only Python 3.6+ and numpy on the device. Its bytes depend only on those
+sources (names in order, fixed dates and modes; and the host's zlib, whose change costs one upload),
+so the deploy step can tell from the sha256 whether a device already has this agent.
 """
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
-import zipapp
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.agent.launcher import PACKAGE
 from edgefleet.digest import sha256_file
 from edgefleet.errors import DeployError
 
 BUNDLE_NAME = "edgefleet-agent.pyz"
 AGENT_DIR = Path(__file__).resolve().parent
-REQUIRED_MODULES = ("agent.py", "runtimes.py")
-OPTIONAL_MODULES = ("postprocess.py", "evaluate.py")
+REQUIRED_MODULES = ("__init__.py", "cli.py")
 DEFAULT_INTERPRETER = "/usr/bin/env python3"
 # zip cannot store dates before 1980; a fixed date keeps the archive reproducible.
-_FIXED_MTIME = 315532800 + 86400
+_FIXED_DATE = (1980, 1, 2, 0, 0, 0)
 
 LAUNCHER = "launcher.py"  # becomes the archive's __main__.py
 
@@ -33,15 +32,31 @@ LAUNCHER = "launcher.py"  # becomes the archive's __main__.py
 class AgentBundle:
     path: Path
     sha256: str
-    modules: tuple[str, ...]
+    modules: tuple[str, ...]  # the archive's names of the package's modules, e.g. "efagent/cli.py"
 
 
 def bundle_modules(source_dir: Path = AGENT_DIR) -> tuple[str, ...]:
-    missing = [name for name in (*REQUIRED_MODULES, LAUNCHER) if not (source_dir / name).is_file()]
+    package = source_dir / PACKAGE
+    missing = [str(path.relative_to(source_dir)) for path in (
+        source_dir / LAUNCHER, *(package / name for name in REQUIRED_MODULES)) if not path.is_file()]
     if missing:
         raise DeployError(f"the agent sources are incomplete: {', '.join(missing)} missing in {source_dir}")
-    optional = tuple(name for name in OPTIONAL_MODULES if (source_dir / name).is_file())
-    return REQUIRED_MODULES + optional
+    return tuple(f"{PACKAGE}/{path.name}" for path in sorted(package.glob("*.py")))
+
+
+def _write_archive(path: Path, files: list[tuple[str, Path]], interpreter: str | None) -> None:
+    """A zipapp, as zipapp.create_archive writes one, minus what would vary: file order, dates, modes."""
+    with path.open("wb") as out:
+        if interpreter:
+            out.write(b"#!" + interpreter.encode(sys.getfilesystemencoding()) + b"\n")
+        with zipfile.ZipFile(out, "w") as archive:
+            for name, source in files:
+                info = zipfile.ZipInfo(name, date_time=_FIXED_DATE)
+                info.external_attr = 0o644 << 16
+                # A third of the size to upload; the device unpacks it once (see launcher.py).
+                info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, source.read_bytes())
+    path.chmod(0o744 if interpreter else 0o644)  # as zipapp leaves it: executable by its owner
 
 
 def build_agent_bundle(target: Path, *, interpreter: str | None = DEFAULT_INTERPRETER,
@@ -51,26 +66,18 @@ def build_agent_bundle(target: Path, *, interpreter: str | None = DEFAULT_INTERP
     if target.suffix != ".pyz":
         target = target / BUNDLE_NAME
     modules = bundle_modules(source_dir)
+    files = [("__main__.py", source_dir / LAUNCHER), *((name, source_dir / name) for name in modules)]
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="edgefleet-agent-") as tmp:
-        staging = Path(tmp) / "src"
-        staging.mkdir()
-        for name in modules:
-            shutil.copyfile(source_dir / name, staging / name)
-        shutil.copyfile(source_dir / LAUNCHER, staging / "__main__.py")
-        for child in staging.iterdir():
-            os.utime(child, (_FIXED_MTIME, _FIXED_MTIME))
-        # A name of its own: parallel deploys (threads or processes) each write the bundle; the bytes
-        # are identical, but a shared temp name let one rename another's half-written archive into place.
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.fchmod(fd, 0o644)  # mkstemp's 0600; the archive is the user's ordinary file (plus x, from zipapp)
-        os.close(fd)
-        partial = Path(name)
-        try:
-            zipapp.create_archive(staging, partial, interpreter=interpreter)
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
+    # A name of its own: parallel deploys (threads or processes) each write the bundle; the bytes
+    # are identical, but a shared temp name let one rename another's half-written archive into place.
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    partial = Path(name)
+    try:
+        _write_archive(partial, files, interpreter)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
     return AgentBundle(path=target, sha256=sha256_file(target), modules=modules)
 
 

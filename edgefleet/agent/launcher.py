@@ -1,9 +1,9 @@
 """The agent zipapp's ``__main__`` (bundle.py copies it in as __main__.py). Runs on the device: Python >= 3.6.
 
-zipimport compiles a zipapp's modules at every start and keeps no bytecode: agent.py alone costs ~40 ms
-of CPU on a desktop core and several times that on a board, paid by `start`, `run` and every `status`
-poll. So the first start unpacks the modules next to the archive (ARCHIVE.d/<content hash>/), where
-Python keeps its usual __pycache__. Where that cannot be written, they are imported from the archive.
+zipimport compiles a zipapp's modules at every start and keeps no bytecode: compiling the agent's package
+costs ~10 ms of CPU on a desktop core and several times that on a board, paid by `start`, `run` and every
+`status` poll. So the first start unpacks the package next to the archive (ARCHIVE.d/<content hash>/),
+where Python keeps its usual __pycache__. Where that cannot be written, it is imported from the archive.
 """
 import hashlib
 import importlib
@@ -14,14 +14,18 @@ import tempfile
 import types
 import zipfile
 
+PACKAGE = "efagent"  # the agent's package: the archive holds it and this file, nothing else
+
+
 def unpacked(archive):
     # type: (str) -> str
-    """The folder holding this archive's modules, unpacked whole (made once per archive content)."""
+    """The folder holding this archive's package, unpacked whole (made once per archive content)."""
     with open(archive, "rb") as handle:
         key = hashlib.sha256(handle.read()).hexdigest()[:16]
     parent = archive + ".d"
     target = os.path.join(parent, key)
-    if os.path.isfile(os.path.join(target, "agent.py")):
+    marker = os.path.join(target, PACKAGE, "__init__.py")
+    if os.path.isfile(marker):
         return target
     if not os.path.isdir(parent):
         os.makedirs(parent)
@@ -29,12 +33,12 @@ def unpacked(archive):
     try:
         with zipfile.ZipFile(archive) as bundle:
             for name in bundle.namelist():
-                if name.endswith(".py") and name != "__main__.py":
+                if name.startswith(PACKAGE + "/") and name.endswith(".py"):
                     bundle.extract(name, staging)
         os.rename(staging, target)  # whole or not at all
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
-        if not os.path.isfile(os.path.join(target, "agent.py")):  # else a concurrent start unpacked it
+        if not os.path.isfile(marker):  # else a concurrent start unpacked it
             raise
     return target
 
@@ -61,9 +65,8 @@ def main():
             pass  # read-only or full: compiled from the archive at every start, as zipimport does
     if sys.argv[1:2] in (["start"], ["status"], ["run"]):
         sys.modules["numpy"] = _OnFirstUse("numpy")
-    import agent  # noqa: E402  (found where the lines above put it)
-    agent.LAUNCHER = [sys.executable, archive]
-    return agent.main()
+    cli = importlib.import_module(PACKAGE + ".cli")  # found where the lines above put it
+    return cli.main(self_command=[sys.executable, archive])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """`invoke build`: plan the matrix for one target and build what is not cached."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,13 +10,9 @@ from edgefleet.api.context import Env
 from edgefleet.backends.registry import open_backend
 from edgefleet.errors import BuildError
 from edgefleet.execute import BuildSummary, execute_plan
-from edgefleet.plan.model import Plan, SourceInput
-from edgefleet.plan.planner import PlanInputs, plan_build
-from edgefleet.profiles.load import load_profile
-from edgefleet.recipes.load import load_recipe
-from edgefleet.recipes.sources import resolve_source, sha256_tree
+from edgefleet.plan.model import Plan
+from edgefleet.plan.workspace import load_plan
 from edgefleet.store import ArtifactStore
-from edgefleet.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -29,41 +24,6 @@ class BuildOptions:
     backend: str | None = None       # default: the workspace's backend
     strict: bool = False             # also fail when a step cannot run on this machine
     workspace: Path | None = None
-
-
-def builder_versions(ws: Workspace) -> dict[str, str]:
-    """A builder's version is the digest of its builder.yaml (its pins)."""
-    versions = {}
-    if ws.builders_dir.is_dir():
-        for spec in sorted(ws.builders_dir.glob("*/builder.yaml")):
-            versions[spec.parent.name] = hashlib.sha256(spec.read_bytes()).hexdigest()[:16]
-    return versions
-
-
-def make_plan(ws: Workspace, target: str, model: str | None) -> Plan:
-    profile = load_profile(ws.targets_dir, target).profile
-    loaded = load_recipe(ws.models_dir, model or ws.settings.default_model)
-    source = resolve_source(loaded, ws.downloads_dir)
-    calibration = loaded.file(loaded.recipe.calibration.path)
-    return plan_build(PlanInputs(
-        recipe=loaded.recipe, profile=profile,
-        source=SourceInput(source.path, source.sha256),
-        calibration=SourceInput(calibration, sha256_tree(calibration)),
-        builder_versions=builder_versions(ws),
-        templates=device_templates(ws),
-    ))
-
-
-DEVICE_TEMPLATES = {"tftrt_convert": "jetson/tftrt_convert.py.j2"}
-
-
-def device_templates(ws: Workspace) -> dict[str, SourceInput]:
-    found = {}
-    for name, rel in DEVICE_TEMPLATES.items():
-        path = ws.templates_dir / rel
-        if path.is_file():
-            found[name] = SourceInput(path, sha256_tree(path))
-    return found
 
 
 def plan_table(plan: Plan, store: ArtifactStore) -> Table:
@@ -96,7 +56,7 @@ def summary_table(summary: BuildSummary) -> Table:
 def build(options: BuildOptions, env: Env | None = None) -> BuildSummary | Plan:
     env = env or Env()
     ws = env.workspace(options.workspace)
-    plan = make_plan(ws, options.target, options.model)
+    plan = load_plan(ws, options.target, options.model)
     store = ArtifactStore(ws.artifacts_dir)
     if options.dry_run:
         env.console.print(plan_table(plan, store))
@@ -114,7 +74,8 @@ def build(options: BuildOptions, env: Env | None = None) -> BuildSummary | Plan:
         env.console.print(f"[yellow]not built here:[/] {o.step.id}: {o.message}")
     if summary.invalid:
         names = ", ".join(o.step.id for o in summary.invalid)
-        env.console.print(f"[red bold]INVALID artifacts (failed the fidelity gate, never shipped): {names}[/]")
+        env.console.print("[red bold]INVALID artifacts (failed a build check: fidelity gate or runtime "
+                          f"compatibility; never shipped): {names}[/]")
     if summary.failed:
         first = summary.failed[0]
         raise BuildError(f"{len(summary.failed)} step(s) failed; first: {first.step.id}\n{first.message}")

@@ -16,7 +16,7 @@ from edgefleet.evaluation.score_run import RunScores, eval_files, score_run, sto
 from edgefleet.report.render import ReportPaths, render_report
 from edgefleet.report.tables import build_table, rich_table
 from edgefleet.report.variants import build_variant_table, rich_variant_table
-from edgefleet.results.db import ResultsDB
+from edgefleet.results.db import ResultsDB, results_db_path
 from edgefleet.results.ingest import IngestSummary, ingest_run_dir
 from edgefleet.runs import RunRecord, load_runs
 from edgefleet.transport.connections import Connection
@@ -42,10 +42,6 @@ class CollectOutcome:
     errors: dict[str, str] = field(default_factory=dict)
     report: ReportPaths | None = None
     scores: dict[str, RunScores] = field(default_factory=dict)
-
-
-def results_db_path(ws: Workspace) -> Path:
-    return ws.state_dir / "results.db"
 
 
 def choose_runs(records: list[RunRecord], wanted: tuple[str, ...]) -> list[RunRecord]:

@@ -9,7 +9,8 @@ from edgefleet.api.build import BuildOptions, build
 from edgefleet.api.collect import CollectOptions, CollectOutcome, collect_benchmarks
 from edgefleet.api.context import Env
 from edgefleet.api.deploy import DeployOptions, deploy
-from edgefleet.api.fleet import DEFAULT_DEVICES, FleetDownOptions, FleetUpOptions, down, up
+from edgefleet.api.fleet import FleetDownOptions, FleetUpOptions, down, up
+from edgefleet.fleet.devices import DEFAULT_DEVICES
 from edgefleet.profiles.load import profile_paths
 
 # Short runs so the demo ends in minutes; real profiles keep MLPerf-style durations. A qemu-user fleet

@@ -11,30 +11,32 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgefleet.agent.bundle import build_agent_bundle
-from edgefleet.api.build import make_plan
 from edgefleet.api.context import Env
 from edgefleet.backends.registry import open_backend
 from edgefleet.deploy.apply import ApplyResult, apply_plan, runtime_python
 from edgefleet.deploy.devices import DeviceAddress, resolve_device
 from edgefleet.deploy.evalspec import eval_request, gate_config
 from edgefleet.deploy.facts import gather_facts
+from edgefleet.deploy.follow import FINAL_STATES, agent_status, follow_run  # noqa: F401  (the API's follow helpers)
 from edgefleet.deploy.plan import (DeployPlan, DeployRequest, LocalFile, ProvisionRuntime, Skip, StartAgent,
                                    Upload, Variant, WriteRunConfig, expected_files, os_modules, plan_deploy)
 from edgefleet.errors import DeployError
+from edgefleet.evaluation.kinds import for_task
 from edgefleet.execute import execute_plan
 from edgefleet.plan.model import Plan
+from edgefleet.plan.workspace import plan_for
 from edgefleet.profiles.load import load_profile
 from edgefleet.profiles.model import Profile
-from edgefleet.recipes.load import load_recipe
+from edgefleet.recipes.load import LoadedRecipe, load_recipe
 from edgefleet.recipes.sources import sha256_file
 from edgefleet.runs import RunRecord, new_run_id, save_run
+from edgefleet.runtimes import ships_wheels
 from edgefleet.store import ArtifactStore
 from edgefleet.transport.base import Transport
 from edgefleet.transport.registry import open_transport
 from edgefleet.workspace import Workspace
 
 HOST_TARGET = "local"  # a host-CPU stand-in runs this host's CPU, so it gets this host's runtime wheels
-FINAL_STATES = ("done", "failed", "interrupted")
 
 
 @dataclass(frozen=True)
@@ -78,21 +80,25 @@ def built_variants(plan: Plan, store: ArtifactStore, say) -> list[Variant]:
             continue
         companions = tuple(local_file(p) for p in sorted(primary.parent.glob(f"{primary.stem}.*"))
                            if p != primary and p.is_file())
-        variants.append(Variant(step.variant or step.id, step.runtime or "tflite", step.key, local_file(primary),
+        if step.runtime is None:  # the planner names a runtime for every variant it makes
+            raise DeployError(f"variant {step.variant} (step {step.id}) names no runtime; this is a planner bug")
+        variants.append(Variant(step.variant or step.id, step.runtime, step.key, local_file(primary),
                                 bool(manifest.get("valid", True)), companions))
     return variants
 
 
-def wheelhouse_files(ws: Workspace, profile: Profile, address: DeviceAddress, env: Env,
-                     backend_name: str | None) -> tuple[list[LocalFile], tuple[str, ...], str]:
+def wheelhouse_files(ws: Workspace, profile: Profile, plan: Plan, recipe: LoadedRecipe, address: DeviceAddress,
+                     env: Env, backend_name: str | None) -> tuple[list[LocalFile], tuple[str, ...], str]:
     """The runtime wheels for the device's real CPU, built (or cached) now."""
     # A host-CPU stand-in (`--emulate host`) is this host with nothing installed: it gets this host's runtime
     # wheels. A qemu-user device runs the board's own architecture and gets the board's wheels.
-    source_profile = load_profile(ws.targets_dir, HOST_TARGET).profile if address.host_cpu else profile
+    source_profile = profile
+    if address.host_cpu:
+        source_profile = load_profile(ws.targets_dir, HOST_TARGET).profile
+        plan = plan_for(ws, source_profile, recipe)
     runtime = source_profile.runtime
-    if runtime.provided_by != "wheelhouse" or not runtime.packages:
+    if not ships_wheels(runtime):
         return [], (), f"provided by the device: {runtime.note or runtime.name}"
-    plan = make_plan(ws, source_profile.name, None)
     step = plan.step("runtime/wheelhouse")
     store = ArtifactStore(ws.artifacts_dir)
     if not store.has(step.key):
@@ -149,35 +155,20 @@ def plan_table(plan: DeployPlan) -> Table:
     return table
 
 
-def agent_status(transport: Transport, python: str, agent: str, run_dir: str) -> dict:
-    result = transport.run([python, agent, "status", run_dir], timeout=60, check=False)
-    if result.returncode != 0:
-        return {"state": "unknown", "error": result.stderr.strip()[-300:]}
-    try:
-        return json.loads(result.stdout)
-    except ValueError:
-        return {"state": "unknown", "error": result.stdout[-300:]}
+@dataclass(frozen=True)
+class PreparedDeploy:
+    """Everything a deploy sends, made on this host: the first of deploy's two phases."""
+
+    request: DeployRequest
+    address: DeviceAddress
+    model: str
+    runtime_note: str
+    state_dir: Path
 
 
-def follow_run(transport: Transport, python: str, agent: str, run_dir: str, say, poll_s: float = 1.0,
-               timeout_s: float = 3600.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while True:
-        status = agent_status(transport, python, agent, run_dir)
-        line = f"{status.get('state')}: {status.get('cells_done', 0)}/{status.get('cells_total', '?')} cells"
-        if line != last:
-            say(f"  {line}" + (f" ({status['current_cell']})" if status.get("current_cell") else ""))
-            last = line
-        if status.get("state") in FINAL_STATES:
-            return status
-        if time.monotonic() > deadline:
-            raise DeployError(f"the run in {run_dir} did not finish within {timeout_s:.0f} s (--wait)")
-        time.sleep(poll_s)
-
-
-def deploy(options: DeployOptions, env: Env | None = None) -> DeployOutcome:
-    env = env or Env()
+def prepare_deploy(options: DeployOptions, env: Env) -> PreparedDeploy:
+    """Load the profile and recipe once, plan, build what is missing, and make the wheelhouse, the agent
+    bundle and the evaluation pack. Nothing here touches the device."""
     say = env.console.print
     ws = env.workspace(options.workspace)
     profile = load_profile(ws.targets_dir, options.target).profile
@@ -186,24 +177,29 @@ def deploy(options: DeployOptions, env: Env | None = None) -> DeployOutcome:
                           "the edgefleet agent cannot run there yet: use `invoke build` for its artifacts")
     recipe = load_recipe(ws.models_dir, options.model or ws.settings.default_model)
     address = resolve_device(profile, ws.state_dir, options.device)  # a wrong --device fails before any build
-    profile = with_bench(profile, {**address.bench, **dict(options.bench_overrides)})
-    plan = make_plan(ws, options.target, options.model)
+    plan = plan_for(ws, profile, recipe)
     store = ArtifactStore(ws.artifacts_dir)
     if not options.dry_run:
         backend = open_backend(options.backend or ws.settings.backend, ws, env.environ)
         execute_plan(plan, store, backend, jobs=ws.settings.jobs, timeout_s=ws.settings.step_timeout_s,
                      console=env.console)
-    variants = built_variants(plan, store, say)
-    wheels, requirements, runtime_note = wheelhouse_files(ws, profile, address, env, options.backend) \
+    wheels, requirements, runtime_note = wheelhouse_files(ws, profile, plan, recipe, address, env, options.backend) \
         if not options.dry_run else ([], (), "not resolved in a dry run")
+    request = _request(ws, options, with_bench(profile, {**address.bench, **dict(options.bench_overrides)}),
+                       recipe, address, built_variants(plan, store, say), wheels, requirements)
+    return PreparedDeploy(request, address, recipe.recipe.name, runtime_note, ws.state_dir)
+
+
+def _request(ws: Workspace, options: DeployOptions, profile: Profile, recipe: LoadedRecipe,
+             address: DeviceAddress, variants: list[Variant], wheels: list[LocalFile],
+             requirements: tuple[str, ...]) -> DeployRequest:
     agent = build_agent_bundle(ws.state_dir / "agent")
     samples_path = recipe.file(recipe.recipe.calibration.path)
     evaluation = eval_request(recipe, ws.state_dir / "eval") if options.eval else None
-    gate_kind = "coco" if recipe.recipe.task.kind == "detection" else "labels"
-    run_id = new_run_id(profile.name)
-    request = DeployRequest(
-        device=address.name, profile=profile, workdir=address.workdir, run_id=run_id, variants=variants,
-        agent=LocalFile(agent.path, agent.sha256, agent.path.stat().st_size),
+    gate_kind = for_task(recipe.recipe.task.kind).name
+    return DeployRequest(
+        device=address.name, profile=profile, workdir=address.workdir, run_id=new_run_id(profile.name),
+        variants=variants, agent=LocalFile(agent.path, agent.sha256, agent.path.stat().st_size),
         samples=local_file(samples_path) if samples_path.suffix == ".npy" else None,
         samples_normalization=recipe.recipe.input.normalization.model_dump(mode="json"),
         wheelhouse=wheels, runtime_requirements=requirements, emulated_inventory=address.emulated,
@@ -213,34 +209,52 @@ def deploy(options: DeployOptions, env: Env | None = None) -> DeployOutcome:
         accuracy_gate=gate_config(profile.accuracy_gate, gate_kind,
                                   evaluation.source_metrics if evaluation else {}),
     )
-    say(f"runtime: {escape(runtime_note)}")
+
+
+def apply_deploy(prepared: PreparedDeploy, options: DeployOptions, env: Env) -> DeployOutcome:
+    """The second phase: facts -> plan -> apply on the device, then (with --wait) follow the run."""
+    say = env.console.print
+    request, address = prepared.request, prepared.address
+    say(f"runtime: {escape(prepared.runtime_note)}")
     with open_transport(address.connection, name=address.name) as transport:
         facts = gather_facts(transport, address.workdir, expected_files(request), modules=os_modules(request))
         deploy_plan = plan_deploy(request, facts)
-        say(plan_table(deploy_plan))
-        for warning in deploy_plan.warnings:
-            say(f"[yellow]note:[/] {escape(warning)}")
-        say(f"{deploy_plan.bytes_to_send:,} bytes to send, {deploy_plan.cells} cells to measure")
+        _show_plan(deploy_plan, say)
         if options.dry_run:
             say("dry run: nothing was sent")
-            return DeployOutcome(run_id, address.name, deploy_plan, None)
-        has_venv = bool(facts.runtime)
+            return DeployOutcome(request.run_id, address.name, deploy_plan, None)
         applied = apply_plan(deploy_plan, transport, address.workdir, lock_wait_s=options.lock_wait_s,
-                             say=say, has_runtime_venv=has_venv)
+                             say=say, has_runtime_venv=bool(facts.runtime))
         start = next(a for a in deploy_plan.actions if isinstance(a, StartAgent))
         python = runtime_python(address.workdir, applied.runtime_venv, "python3")
-        save_run(ws.state_dir, RunRecord(
-            run_id=run_id, target=profile.name, model=recipe.recipe.name, device=address.name,
-            workdir=address.workdir, emulated=facts.emulated or address.emulated, started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            connection=address.connection.model_dump(mode="json"), agent=start.agent, python=python,
-            eval=options.eval))
-        say(f"run {run_id} started on {address.name}: {applied.sent_bytes:,} bytes sent, "
+        _record_run(prepared, options, facts.emulated, start.agent, python)
+        say(f"run {request.run_id} started on {address.name}: {applied.sent_bytes:,} bytes sent, "
             f"{len(applied.skipped)} files already there")
-        outcome = DeployOutcome(run_id, address.name, deploy_plan, applied)
+        outcome = DeployOutcome(request.run_id, address.name, deploy_plan, applied)
         if options.wait:
             outcome.final_status = follow_run(transport, python, start.agent, start.run_dir, say)
             if outcome.final_status.get("state") != "done":
-                raise DeployError(f"run {run_id} on {address.name} ended {outcome.final_status.get('state')}: "
-                                  f"{outcome.final_status.get('reason', '')}")
+                raise DeployError(f"run {request.run_id} on {address.name} ended "
+                                  f"{outcome.final_status.get('state')}: {outcome.final_status.get('reason', '')}")
     return outcome
 
+
+def _show_plan(deploy_plan: DeployPlan, say) -> None:
+    say(plan_table(deploy_plan))
+    for warning in deploy_plan.warnings:
+        say(f"[yellow]note:[/] {escape(warning)}")
+    say(f"{deploy_plan.bytes_to_send:,} bytes to send, {deploy_plan.cells} cells to measure")
+
+
+def _record_run(prepared: PreparedDeploy, options: DeployOptions, emulated: bool, agent: str, python: str) -> None:
+    request, address = prepared.request, prepared.address
+    save_run(prepared.state_dir, RunRecord(
+        run_id=request.run_id, target=request.profile.name, model=prepared.model, device=address.name,
+        workdir=address.workdir, emulated=emulated or address.emulated,
+        started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        connection=address.connection.model_dump(mode="json"), agent=agent, python=python, eval=options.eval))
+
+
+def deploy(options: DeployOptions, env: Env | None = None) -> DeployOutcome:
+    env = env or Env()
+    return apply_deploy(prepare_deploy(options, env), options, env)

@@ -2,7 +2,8 @@
 
 Host checks never import a converter (``importlib.util.find_spec`` only looks), and
 device checks use short timeouts, so a dead board costs seconds, not minutes. Every
-failed check says how to fix it; a failed required check makes the task exit non-zero.
+failed check says how to fix it; a failed required check makes the task exit with
+ChecksFailedError's code (``edgefleet/errors.py``).
 """
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ from edgefleet.config.validate import did_you_mean
 from edgefleet.deploy.devices import fleet_dir
 from edgefleet.deploy.facts import DeviceFacts, gather_facts
 from edgefleet.deploy.plan import DISK_MARGIN_BYTES
-from edgefleet.errors import ConfigError, DeployError, TransportError
+from edgefleet.errors import ChecksFailedError, ConfigError, DeployError, TransportError
 from edgefleet.fleet import binfmt
 from edgefleet.fleet.binfmt import BINFMT_ROOT, EMULATIONS, BinfmtStatus
-from edgefleet.fleet.inventory import INVENTORY_FILE, load_inventory
+from edgefleet.deploy.inventory import INVENTORY_FILE, load_inventory
 from edgefleet.fleet.system import find_tool
 from edgefleet.profiles.load import load_all_profiles
 from edgefleet.profiles.model import Profile
@@ -36,6 +37,7 @@ from edgefleet.transport.base import Transport, TransportUnavailable
 from edgefleet.transport.connections import SshConnection
 from edgefleet.transport.hostkeys import HostKeyError
 from edgefleet.transport.registry import open_transport
+from edgefleet.runtimes import all_runtimes, ships_wheels
 from edgefleet.workspace import Workspace
 
 Status = Literal["ok", "warn", "fail"]
@@ -51,15 +53,6 @@ TOOLS = (
     ("debootstrap", "debootstrap", "making the Docker base image"),
     ("adb", "adb", "Android targets"),
 )
-# Python modules on the device that can run a format's variants (any one of them is enough).
-FORMAT_MODULES = {
-    "tflite": ("ai_edge_litert", "tflite_runtime", "tensorflow"),
-    "edgetpu": ("tflite_runtime", "ai_edge_litert"),
-    "onnx": ("onnxruntime",),
-    "openvino": ("openvino",),
-    "savedmodel": ("tensorflow",),
-    "tftrt": ("tensorflow",),
-}
 _FIND_SPECS = ("import importlib.util, json, sys\n"
                "print(json.dumps({m: importlib.util.find_spec(m) is not None for m in sys.argv[1:]}))\n")
 
@@ -97,6 +90,11 @@ class DoctorReport:
     def of(self, scope: str) -> dict[str, Check]:
         return {c.name: c for c in self.checks if c.scope == scope}
 
+    def raise_for_failures(self) -> None:
+        """Raise ChecksFailedError if a required check failed (the table printed already says which)."""
+        if not self.ok:
+            raise ChecksFailedError(f"doctor: {len(self.failed)} required check(s) failed; see the table above")
+
 
 @dataclass(frozen=True)
 class DeviceToCheck:
@@ -105,6 +103,7 @@ class DeviceToCheck:
     workdir: str
     emulated: bool
     profile: Profile | None
+    host_cpu: bool = False   # this host's CPU stands in for the board (`--emulate host`): its arch differs
 
 
 # -- this machine -------------------------------------------------------------------
@@ -212,7 +211,9 @@ def devices_to_check(ws: Workspace, profiles: Sequence[Profile], wanted: Sequenc
     inventory_file = fleet_dir(ws.state_dir) / INVENTORY_FILE
     if inventory_file.is_file():
         for name, entry in load_inventory(inventory_file).devices.items():
-            found[name] = DeviceToCheck(name, entry.connection, entry.workdir, entry.emulated, by_name.get(name))
+            host_cpu = entry.emulated and entry.emulation.get("kind", "host-cpu") == "host-cpu"
+            found[name] = DeviceToCheck(name, entry.connection, entry.workdir, entry.emulated, by_name.get(name),
+                                        host_cpu)
     for profile in profiles:
         if profile.name not in found and isinstance(profile.transport, SshConnection):
             found[profile.name] = DeviceToCheck(profile.name, profile.transport, profile.workdir, False, profile)
@@ -274,7 +275,7 @@ def _facts_checks(device: DeviceToCheck, facts: DeviceFacts) -> list[Check]:
                             f"add targets/{name}.yaml"))
     elif facts.arch == profile.device.arch:
         checks.append(Check(name, "arch", "ok", f"{facts.arch}, as the profile says"))
-    elif device.emulated or facts.emulated:
+    elif device.host_cpu or facts.host_cpu_standin:
         checks.append(Check(name, "arch", "ok", f"emulated: this {facts.arch} host stands in for a "
                                                 f"{profile.device.arch} board (results labelled emulated)"))
     else:
@@ -296,14 +297,14 @@ def _facts_checks(device: DeviceToCheck, facts: DeviceFacts) -> list[Check]:
 
 def _runtime_check(device: DeviceToCheck, facts: DeviceFacts, transport: Transport) -> Check:
     name, profile = device.name, device.profile
-    # An emulated device gets this host's runtime wheels at deploy, whatever its profile says.
-    if profile is None or device.emulated or profile.runtime.provided_by == "wheelhouse":
+    # A host-CPU stand-in gets this host's runtime wheels at deploy, whatever its profile says.
+    if profile is None or device.host_cpu or ships_wheels(profile.runtime):
         if facts.runtime:
             wanted = ", ".join(facts.runtime.get("requirements", [])) or "?"
             return Check(name, "runtime", "ok", f"venv provisioned ({wanted})")
         return Check(name, "runtime", "warn", "no runtime venv yet", "deploy provisions it from the pushed wheelhouse")
-    modules = sorted({m for fmt, mods in FORMAT_MODULES.items() if getattr(profile.formats, fmt) is not None
-                      for m in mods} | {"numpy"})
+    modules = sorted({m for spec in all_runtimes() for fmt in spec.formats if getattr(profile.formats, fmt) is not None
+                      for m in spec.device_modules} | {"numpy"})
     result = transport.run(["python3", "-c", _FIND_SPECS, *modules], check=False)
     try:
         present = json.loads(result.stdout.strip().splitlines()[-1])

@@ -13,8 +13,8 @@ from edgefleet.config.validate import did_you_mean
 from edgefleet.deploy.devices import fleet_dir
 from edgefleet.errors import ConfigError
 from edgefleet.fleet import fleet_down, fleet_up
-from edgefleet.fleet.devices import DeviceSpec, Userland
-from edgefleet.fleet.inventory import Inventory
+from edgefleet.fleet.devices import DEFAULT_DEVICES, DeviceSpec, Userland
+from edgefleet.deploy.inventory import Inventory
 from edgefleet.fleet.rootfs import RootfsSpec
 from edgefleet.profiles.load import load_profile
 from edgefleet.profiles.model import Profile
@@ -26,10 +26,6 @@ ROOTFS_CACHE_ENV = "EDGEFLEET_ROOTFS_CACHE"  # share one cache between workspace
 def rootfs_cache(ws: Workspace) -> Path:
     override = os.environ.get(ROOTFS_CACHE_ENV)
     return Path(override) if override else ws.state_dir / "rootfs"
-
-
-# android-arm64 is reached over adb and has no Python, so it has no SSH stand-in.
-DEFAULT_DEVICES = ("rpi3", "jetson-nano", "coral")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pydantic import TypeAdapter
 from rich.markup import escape
 
 from edgefleet.api.context import Env
-from edgefleet.api.deploy import agent_status, follow_run
+from edgefleet.deploy.follow import agent_status, follow_run
 from edgefleet.config.validate import did_you_mean
 from edgefleet.deploy.lock import DeviceLock
 from edgefleet.errors import DeployError, DeviceBusyError, ResultsError

@@ -10,13 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.api.build import BuildOptions, build
-from edgefleet.api.collect import CollectOptions, collect_benchmarks, results_db_path
+from edgefleet.api.collect import CollectOptions, collect_benchmarks
 from edgefleet.api.context import Env
 from edgefleet.api.deploy import DeployOptions, deploy
 from edgefleet.errors import ResultsError
+from edgefleet.evaluation.kinds import for_task
+from edgefleet.recipes.load import load_recipe
 from edgefleet.report.study import StudyPaths, render_study
 from edgefleet.report.tables import build_table
-from edgefleet.results.db import ResultsDB
+from edgefleet.results.db import ResultsDB, results_db_path
+from edgefleet.workspace import Workspace
 
 STUDY_TARGET = "local"
 
@@ -25,9 +28,15 @@ STUDY_TARGET = "local"
 class StudyOptions:
     model: str | None = None
     target: str = STUDY_TARGET
-    metric: str = "map_50"            # the accuracy metric the plots and table show
+    metric: str | None = None         # the accuracy metric the plots and table show; default: the task's own
     bench_overrides: tuple[tuple[str, float], ...] = ()
     workspace: Path | None = None
+
+
+def study_metric(ws: Workspace, model: str | None) -> str:
+    """The metric a study of this model plots by default: its evaluation kind's."""
+    recipe = load_recipe(ws.models_dir, model or ws.settings.default_model).recipe
+    return for_task(recipe.task.kind).study_metric
 
 
 def study(options: StudyOptions, env: Env | None = None) -> StudyPaths:
@@ -41,9 +50,10 @@ def study(options: StudyOptions, env: Env | None = None) -> StudyPaths:
     collected = collect_benchmarks(CollectOptions(runs=(outcome.run_id,), workspace=ws.root), env)
     if collected.report is None:
         raise ResultsError(f"run {outcome.run_id} produced no report")
+    metric = options.metric or study_metric(ws, options.model)
     with ResultsDB(results_db_path(ws)) as db:
-        table = build_table(db, [outcome.run_id], accuracy_metric=options.metric)
-    paths = render_study(table, collected.report.out_dir, options.metric)
+        table = build_table(db, [outcome.run_id], accuracy_metric=metric)
+    paths = render_study(table, collected.report.out_dir, metric)
     env.console.print(paths.table.read_text(), markup=False)
     env.console.print(f"study: {paths.table}, {paths.latency_plot.name}, {paths.accuracy_plot.name}, "
                       f"{paths.pareto_plot.name if paths.pareto_plot else 'no time-vs-accuracy plot (no accuracy)'}")

@@ -1,4 +1,4 @@
-"""The backend interface. A backend runs ``python -m edgefleet.step`` for one step."""
+"""The backend interface. A backend runs ``python -m edgefleet.steps.process`` for one step."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping

@@ -1,7 +1,7 @@
 """Run build steps in builder containers, through the docker SDK only.
 
 Per step: make sure the builder image exists (building it if needed), create a container
-that runs ``python -m edgefleet.step /spec/spec.json`` with the inputs bind-mounted
+that runs ``python -m edgefleet.steps.process /spec/spec.json`` with the inputs bind-mounted
 read-only, stream its log, copy ``/out`` back with ``get_archive`` and remove the container.
 
 The container runs as the invoking user's uid:gid (inputs readable exactly when they are
@@ -32,10 +32,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.backends.base import LogSink, StepRequest
-from edgefleet.errors import BuildError, ConfigError, ToolUnavailableError
+from edgefleet.errors import EXIT_TOOL_UNAVAILABLE, BuildError, ConfigError, ToolUnavailableError
 from edgefleet.images.base_image import LABEL_PREFIX
 from edgefleet.images.build import ImageBuilder
-from edgefleet.step import ERROR_FILE, EXIT_UNAVAILABLE, RESULT_FILE
+from edgefleet.steps.process import ERROR_FILE, RESULT_FILE, STEP_MODULE
 
 if TYPE_CHECKING:
     import docker
@@ -147,7 +147,7 @@ class DockerBackend:
         except docker.errors.DockerException as exc:
             raise BuildError(f"builder image {request.builder!r}: the Docker engine failed: {exc}") from exc
         runner = image.spec.runner
-        command = [runner.python, "-m", "edgefleet.step", str(SPEC_DIR / "spec.json")]
+        command = [runner.python, "-m", STEP_MODULE, str(SPEC_DIR / "spec.json")]
         mounts, container_inputs = _input_mounts(request.inputs)
         spec = {"kind": request.kind, "inputs": container_inputs, "params": dict(request.params),
                 "out_dir": str(OUT_DIR)}
@@ -169,7 +169,7 @@ class DockerBackend:
                 code, tail = _run(container, request.timeout_s, log)
                 if code != 0:
                     message = _step_error(container)
-                    if code == EXIT_UNAVAILABLE:
+                    if code == EXIT_TOOL_UNAVAILABLE:
                         raise ToolUnavailableError(message or f"step {request.kind} is unavailable in {image.tag}",
                                                    command=command, returncode=code, log=tail)
                     reason = f": {message.splitlines()[0]}" if message else ""

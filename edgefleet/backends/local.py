@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from edgefleet.backends.base import LogSink, StepRequest
-from edgefleet.errors import BuildError, ToolUnavailableError
-from edgefleet.step import EXIT_UNAVAILABLE, read_step_error
+from edgefleet.errors import EXIT_TOOL_UNAVAILABLE, BuildError, ToolUnavailableError
+from edgefleet.steps.process import STEP_MODULE, read_step_error
 
 
 class LocalBackend:
@@ -32,7 +32,7 @@ class LocalBackend:
         self.env["PYTHONHASHSEED"] = "0"
 
     def command(self, spec_path: Path) -> list[str]:
-        return [self.python, "-m", "edgefleet.step", str(spec_path)]
+        return [self.python, "-m", STEP_MODULE, str(spec_path)]
 
     def run_step(self, request: StepRequest, log: LogSink) -> None:
         spec = {
@@ -68,7 +68,7 @@ class LocalBackend:
                 # The step's own children (pip, onnxsim) too: they would outlive a killed step runner.
                 _kill_group(proc)
                 proc.wait()
-            if returncode == EXIT_UNAVAILABLE:
+            if returncode == EXIT_TOOL_UNAVAILABLE:
                 raise ToolUnavailableError(read_step_error(request.out_dir) or f"step {request.kind} is unavailable here")
             if returncode != 0:
                 reason = f"timed out after {request.timeout_s:g} s (step_timeout_s in edgefleet.yaml)" \

@@ -10,24 +10,12 @@ from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from edgefleet.errors import PlanError
+from edgefleet.runtimes import Distribution, get_runtime
 
 
-class TfliteRuntime(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    distribution: str                     # canonical PyPI name
-    module: str                           # the module whose Interpreter loads a model
-    companions: tuple[str, ...] = ()      # what the wheel needs beside its declared requirements
-
-
-# In the order the agent tries them (edgefleet/agent/runtimes.py), so a device with both is checked
-# against the one that will load the model there.
-TFLITE_RUNTIMES: tuple[TfliteRuntime, ...] = (
-    TfliteRuntime(distribution="ai-edge-litert", module="ai_edge_litert.interpreter"),
-    # Built against numpy 1.x but declaring numpy>=1.23: with numpy 2 its import fails.
-    TfliteRuntime(distribution="tflite-runtime", module="tflite_runtime.interpreter", companions=("numpy<2",)),
-)
-_BY_NAME = {r.distribution: r for r in TFLITE_RUNTIMES}
+# The TFLite runtime's distributions come from the runtime registry, in the order the agent tries them.
+TFLITE_RUNTIMES: tuple[Distribution, ...] = get_runtime("tflite").distributions
+_BY_NAME = {r.name: r for r in TFLITE_RUNTIMES}
 
 
 class RuntimePin(BaseModel):
@@ -55,7 +43,7 @@ class RuntimePin(BaseModel):
             raise ValueError(f"{value!r} is not an exact version") from None
 
     @property
-    def runtime(self) -> TfliteRuntime:
+    def runtime(self) -> Distribution:
         return _BY_NAME[self.distribution]
 
     @property
@@ -83,8 +71,8 @@ def pinned_tflite_runtime(packages: Sequence[str]) -> RuntimePin | None:
         if name in _BY_NAME and version is not None:
             pins[name] = version
     for runtime in TFLITE_RUNTIMES:
-        if runtime.distribution in pins:
-            return RuntimePin(distribution=runtime.distribution, version=pins[runtime.distribution])
+        if runtime.name in pins:
+            return RuntimePin(distribution=runtime.name, version=pins[runtime.name])
     return None
 
 

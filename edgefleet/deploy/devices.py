@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.errors import ConfigError
-from edgefleet.fleet.inventory import INVENTORY_FILE, load_inventory
+from edgefleet.deploy.inventory import INVENTORY_FILE, load_inventory
 from edgefleet.profiles.model import Profile
 from edgefleet.transport.connections import Connection
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.errors import ConfigError
+from edgefleet.evaluation.kinds import evaluator
 from edgefleet.evaluation.pack import PackedEval, pack_evaluation
 from edgefleet.profiles.model import AccuracyGate
 from edgefleet.recipes.load import LoadedRecipe
@@ -19,8 +20,6 @@ from edgefleet.recipes.load import LoadedRecipe
 # The model's own held-out accuracy, as its trainer measured it, next to the recipe (optional).
 SOURCE_METRICS_FILE = "metrics.json"
 SOURCE_METRIC_KEYS = ("map_50_95", "map_50", "map_75", "top1", "top5")
-# The figure the gate compares: COCO's primary metric for detection, top-1 for classification.
-GATE_METRICS = {"coco": "map_50_95", "labels": "top1"}
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ def images_remote(data_dir: str, request: EvalRequest) -> str:
 
 
 def eval_config(request: EvalRequest, remote_images: str) -> dict[str, Any]:
-    """run.json's ``eval``: what the agent reads (see agent.py) plus the host's ground-truth pointer."""
+    """run.json's ``eval``: what the agent reads (see edgefleet/agent/efagent/__init__.py) plus the host's ground-truth pointer."""
     return {
         "images": remote_images, "images_sha256": request.images_sha256,
         "image_ids": list(request.image_ids), "image_sizes": [list(s) for s in request.image_sizes],
@@ -57,10 +56,10 @@ def eval_config(request: EvalRequest, remote_images: str) -> dict[str, Any]:
 
 def gate_config(gate: AccuracyGate, kind: str, source_metrics: Mapping[str, float]) -> dict[str, Any]:
     """run.json's ``accuracy_gate``; ``max_drop`` is in the metric's own unit (a fraction)."""
-    metric = GATE_METRICS[kind]
-    # The profile states mAP in points (2.0 = 0.02 mAP) and top-1 as a fraction (0.02).
-    max_drop = gate.max_map_drop / 100.0 if metric.startswith("map") else gate.max_top1_drop
-    return {"metric": metric, "max_drop": max_drop,
+    kind_spec = evaluator(kind)
+    # The profile states mAP in points (2.0 = 0.02 mAP) and top-1 as a fraction (0.02); the kind knows which.
+    max_drop = kind_spec.max_drop(gate)
+    return {"metric": kind_spec.gate_metric, "max_drop": max_drop,
             "profile": {"max_map_drop": gate.max_map_drop, "max_top1_drop": gate.max_top1_drop},
             "source_metrics": dict(source_metrics)}
 

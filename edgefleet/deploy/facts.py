@@ -80,6 +80,12 @@ class DeviceFacts:
     def emulated(self) -> bool:
         return bool(self.identity and self.identity.get("emulated"))
 
+    @property
+    def host_cpu_standin(self) -> bool:
+        """The device says it is this host's CPU standing in for a board (`--emulate host`)."""
+        emulation = (self.identity or {}).get("emulation") or {}
+        return self.emulated and emulation.get("kind", "host-cpu") == "host-cpu"
+
 
 def gather_facts(transport: Transport, workdir: str, files: Mapping[str, str], *, modules: tuple[str, ...] = (),
                  python: str = "python3", timeout: float = 60.0) -> DeviceFacts:

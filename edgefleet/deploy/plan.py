@@ -15,6 +15,7 @@ from edgefleet.deploy.evalspec import EvalRequest, eval_config, images_remote
 from edgefleet.deploy.facts import DeviceFacts
 from edgefleet.errors import DeployError
 from edgefleet.profiles.model import Profile
+from edgefleet.runtimes import get_runtime
 
 # Free space deploy insists on beyond the payload, for logs, the venv and the filesystem's own reserve.
 DISK_MARGIN_BYTES = 64 * 1024 * 1024
@@ -36,32 +37,6 @@ class Variant:
     valid: bool = True
     # Files the primary one needs beside it (OpenVINO's model.bin next to model.xml).
     companions: tuple[LocalFile, ...] = ()
-
-
-@dataclass(frozen=True)
-class DelegateSpec:
-    """How the agent loads a delegate, and which variants it makes sense for."""
-
-    payload: Mapping[str, Any] | None     # None: the runtime's default CPU path
-    runtimes: frozenset[str]
-    only_variants: frozenset[str] | None = None
-
-
-DELEGATES: dict[str, DelegateSpec] = {
-    "cpu": DelegateSpec(None, frozenset({"tflite", "onnxruntime", "openvino", "tf", "tftrt"})),
-    # XNNPACK is the TFLite CPU default since 2.3; naming it just records the intent.
-    "xnnpack": DelegateSpec(None, frozenset({"tflite"})),
-    "edgetpu": DelegateSpec({"name": "edgetpu", "library": "libedgetpu.so.1", "options": {}},
-                            frozenset({"tflite"}), frozenset({"edgetpu"})),
-    "gpu-fp16": DelegateSpec({"name": "gpu", "library": "libtensorflowlite_gpu_delegate.so",
-                              "options": {"precision_loss_allowed": "1"}}, frozenset({"tflite"})),
-    "gpu-fp32": DelegateSpec({"name": "gpu", "library": "libtensorflowlite_gpu_delegate.so",
-                              "options": {"precision_loss_allowed": "0"}}, frozenset({"tflite"})),
-    "nnapi": DelegateSpec({"name": "nnapi", "library": "libnnapi_delegate.so", "options": {}},
-                          frozenset({"tflite"})),
-}
-# Variants that cannot run without their accelerator (the compiled Edge TPU model is one custom op).
-ACCELERATOR_ONLY = {"edgetpu": "edgetpu"}
 
 
 @dataclass(frozen=True)
@@ -179,12 +154,15 @@ def check_device(request: DeployRequest, facts: DeviceFacts) -> list[str]:
     warnings = []
     want = request.profile.device.arch
     if facts.arch != want:
-        if not request.host_cpu_standin:
+        # A host-CPU stand-in says so in the fleet's inventory, or in its own identity file when a profile
+        # points at it directly.
+        if not (request.host_cpu_standin or facts.host_cpu_standin):
             raise DeployError(f"{request.device}: the device reports arch {facts.arch!r} but profile "
                               f"{request.profile.name!r} says {want!r}; deploying would ship the wrong binaries. "
                               "Fix device.arch in the profile or point the target at the right host.")
         warnings.append(f"{request.device} is emulated by this host's CPU: it stands in for a {want} board on a "
-                        f"{facts.arch} host, with this host's runtime; its latencies are this host's, labelled emulated")
+                        f"{facts.arch} host, with this host's runtime; its latencies are this host's, "
+                        "labelled emulated")
     _check_os_modules(request, facts)
     major_minor = tuple(int(x) for x in facts.python.split("."))
     if major_minor < (3, 6):
@@ -216,14 +194,10 @@ def build_cells(request: DeployRequest, samples_remote: str | None) -> list[dict
     for variant in request.variants:
         if not variant.valid:
             continue
+        runtime = get_runtime(variant.runtime)
         for delegate_name in bench.delegates:
-            spec = DELEGATES[delegate_name]
-            needed = ACCELERATOR_ONLY.get(variant.name)
-            if variant.runtime not in spec.runtimes:
-                continue
-            if spec.only_variants is not None and variant.name not in spec.only_variants:
-                continue
-            if needed is not None and delegate_name != needed:
+            spec = runtime.delegate(delegate_name, variant.name)
+            if spec is None:  # this runtime has no such delegate, or it makes no sense for this variant
                 continue
             for threads in bench.threads:
                 cells.append({

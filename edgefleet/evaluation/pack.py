@@ -23,16 +23,17 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from edgefleet.errors import ConfigError
+from edgefleet.evaluation.kinds import evaluator
 from edgefleet.recipes.load import LoadedRecipe
 
 PACK_VERSION = 1  # bump when the packed bytes would change for the same inputs
 GROUND_TRUTH_DIR = "ground-truth"
-TaskKind = Literal["coco", "labels"]
+TaskKind = str  # an evaluation kind of edgefleet/evaluation/kinds.py
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def _ground_truth(loaded: LoadedRecipe, relative: str, kind: TaskKind) -> tuple[
     ids = [image["id"] for image in doc["images"]]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{path}: image ids repeat")
-    if kind == "labels":
+    if evaluator(kind).one_label_per_image:
         labelled = [a.get("image_id") for a in doc["annotations"] if isinstance(a, dict)]
         if sorted(labelled) != sorted(ids):
             raise ConfigError(f"{path}: a labels file has exactly one annotation (its label) per image")

@@ -23,15 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.errors import ResultsError
-from edgefleet.evaluation.coco import score_detections
+from edgefleet.evaluation.kinds import evaluator
 from edgefleet.evaluation.pack import ground_truth_path
 from edgefleet.report.tables import GATE_METRIC  # 1 passed, 0 failed
 from edgefleet.results.db import AccuracyRecord, CellRecord, ResultsDB
 
 REFERENCE_VARIANT = "tflite-fp32"
 FP32_LIKE = re.compile(r"(^|-)fp32($|-)|^onnx$|^savedmodel$")
-DETECTION_METRICS = ("map_50_95", "map_50", "map_75")
-CLASSIFICATION_METRICS = ("top1", "top5")
 _EPS = 1e-9
 
 
@@ -119,15 +117,12 @@ def _predictions(folder: Path, relative: str) -> list[Any]:
 
 
 def _score_file(kind: str, gt: Path, predictions: list[Any]) -> tuple[dict[str, float], str]:
-    if kind == "coco":
-        score = score_detections(gt, predictions)
-        names = DETECTION_METRICS
-    elif kind == "labels":
-        score = score_classification(gt, predictions)
-        names = CLASSIFICATION_METRICS
-    else:
-        raise ResultsError(f"unknown ground-truth kind {kind!r}")
-    return {name: float(score[name]) for name in names}, describe_evaluator(score)
+    try:
+        spec = evaluator(kind)
+    except KeyError as exc:
+        raise ResultsError(f"ground truth: {exc.args[0]}") from None
+    score = spec.score(gt, predictions)
+    return {name: float(score[name]) for name in spec.metrics}, describe_evaluator(score)
 
 
 # ---------------------------------------------------------------- the gate

@@ -1,6 +1,6 @@
 """The emulated device fleet: network namespaces with a real sshd each, standing in for boards."""
 from edgefleet.fleet.devices import IDENTITY_FILE, DeviceSpec
-from edgefleet.fleet.inventory import Inventory, InventoryDevice, load_inventory
+from edgefleet.deploy.inventory import Inventory, InventoryDevice, load_inventory
 from edgefleet.fleet.lifecycle import EmulatedFleet, choose_isolation, fleet_down, fleet_up, link_down, set_link
 from edgefleet.fleet.system import FleetError
 

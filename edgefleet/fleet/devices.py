@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgefleet.fleet.rootfs import RootfsSpec
 
 IDENTITY_FILE = "device.json"
+# The targets `fleet.up` and the demo emulate. android-arm64 is reached over adb and has no Python, so it
+# has no SSH stand-in.
+DEFAULT_DEVICES = ("rpi3", "jetson-nano", "coral")
 # Linux interface names are at most 15 characters; ours are "ef" + tag + side + index.
 IFNAME_MAX = 15
 

@@ -27,7 +27,7 @@ from edgefleet.fleet import netns, sshd
 from edgefleet.deploy.lock import lock_dir
 from edgefleet.fleet.devices import (DeviceSpec, emulation_record, fleet_tag, namespace_name, slug, veth_names,
                                      write_identity)
-from edgefleet.fleet.inventory import INVENTORY_FILE, Inventory, InventoryDevice, Isolation, save_inventory
+from edgefleet.deploy.inventory import INVENTORY_FILE, Inventory, InventoryDevice, Isolation, save_inventory
 from edgefleet.fleet.keys import generate_keypair
 from edgefleet.fleet.rootfs import ensure_rootfs, rootfs_info
 from edgefleet.fleet.state import STATE_FILE, DeviceState, FleetState, load_state

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from edgefleet.fleet.inventory import Isolation
+from edgefleet.deploy.inventory import Isolation
 
 STATE_FILE = "fleet-state.json"
 

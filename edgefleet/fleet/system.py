@@ -11,14 +11,11 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from edgefleet.errors import DeployError
+# FleetError lives with the other errors (it has its own exit code); fleet modules import it from here.
+from edgefleet.errors import FleetError
 from edgefleet.processes import pid_alive  # noqa: F401  (fleet modules import it from here)
 
 _SBIN = "/usr/sbin:/sbin:/usr/local/sbin"
-
-
-class FleetError(DeployError):
-    """The emulated fleet could not be brought up or changed."""
 
 
 def find_tool(name: str) -> str | None:

@@ -187,7 +187,8 @@ class ImageBuilder:
     def _build(self, ctx: BuildContext, log: Log) -> None:
         import docker.errors
 
-        log(f"building {ctx.tag} ({len(ctx.files)} context files)")
+        kinds = ", ".join(ctx.spec.step_kinds) or "no registered step kinds"
+        log(f"building {ctx.tag} for {kinds} ({len(ctx.files)} context files)")
         tail: deque[str] = deque(maxlen=BuildError.tail_lines)
 
         def emit(line: str) -> None:

@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from edgefleet.errors import ConfigError
 from edgefleet.images.base_image import DEFAULT_BASE_IMAGE
+from edgefleet.steps.registry import kinds_in_builder
 
 SPEC_FILE = "builder.yaml"
 TEMPLATE_FILE = "Dockerfile.j2"
@@ -99,7 +100,6 @@ class BuilderSpec(_Frozen):
     apt_packages: tuple[AptPackage, ...] = ()
     # Pinned tool versions and checksums the template uses (bazel, ndk, edgetpu-compiler...).
     versions: dict[str, PinnedVersion] = Field(default_factory=dict)
-    step_kinds: tuple[str, ...] = ()
     needs_network: bool = False          # building the image needs the network (apt repos, downloads)
     step_network: bool = False           # its steps' containers get a network (else they run with none)
     venvs: tuple[VenvSpec, ...] = Field(min_length=1)
@@ -116,8 +116,14 @@ class BuilderSpec(_Frozen):
         return self
 
     @property
+    def step_kinds(self) -> tuple[str, ...]:
+        """The step kinds that run in this image. The step registry names each kind's builder, so
+        builder.yaml does not list them: one place for the fact, nothing to keep in step."""
+        return kinds_in_builder(self.name)
+
+    @property
     def runner(self) -> VenvSpec:
-        """The venv whose python runs ``python -m edgefleet.step``."""
+        """The venv whose python runs ``python -m edgefleet.steps.process``."""
         return next(v for v in self.venvs if v.edgefleet is not None)
 
 
@@ -128,6 +134,9 @@ def load_builder_spec(builder_dir: Path) -> BuilderSpec:
 
     path = builder_dir / SPEC_FILE
     data, smap = load_yaml(path)
+    if isinstance(data, dict) and "step_kinds" in data:
+        raise ConfigError(f"{smap.nearest(('step_kinds',))}: step_kinds is not read any more: each step kind "
+                          "names its builder in edgefleet/steps/registry.py; remove the key")
     spec = validate(BuilderSpec, data, smap, what=f"builder spec {path.name}")
     if spec.name != builder_dir.name:
         raise ConfigError(f"{smap.nearest(('name',))}: name {spec.name!r} must match its directory "

@@ -10,6 +10,7 @@ from edgefleet.errors import PlanError
 from edgefleet.plan.model import Input, StepInput
 from edgefleet.plan.planner import PlanBuilder, format_planner
 from edgefleet.profiles import model as pm
+from edgefleet.runtimes import ships_wheels
 from edgefleet.store import MANIFEST
 
 TFLITE_FROM = {"keras": "tflite.convert", "savedmodel": "tflite.convert", "onnx": "onnx2tf.convert"}
@@ -131,7 +132,7 @@ def plan_android_aar(b: PlanBuilder, spec: pm.AndroidAar) -> None:
 
 @format_planner("runtime")
 def plan_runtime(b: PlanBuilder, runtime: pm.Runtime) -> None:
-    if runtime.provided_by != "wheelhouse" or not runtime.packages:
+    if not ships_wheels(runtime):
         b.notes.append(f"runtime {runtime.name!r} is provided by the device: {runtime.note or 'no wheels shipped'}")
         return
     b.add("runtime/wheelhouse", "runtime.wheelhouse", {}, {

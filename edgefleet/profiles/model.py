@@ -5,10 +5,12 @@ and everything downstream receives validated values.
 """
 from __future__ import annotations
 
+import difflib
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgefleet.runtimes import delegate_names, runtime_for_profile
 from edgefleet.transport.connections import Connection, LocalConnection
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
@@ -32,7 +34,7 @@ class Device(Strict):
 
 
 class Runtime(Strict):
-    name: str = Field(description="The on-device inference runtime, e.g. tflite-runtime.")
+    name: str = Field(description="The on-device inference runtime, e.g. tflite-runtime (edgefleet/runtimes/).")
     provided_by: Literal["wheelhouse", "device"] = Field(
         "wheelhouse", description="wheelhouse: edgefleet ships wheels; device: already installed (apt, JetPack).")
     packages: tuple[str, ...] = Field((), description="Pip requirement strings for the device wheelhouse.")
@@ -45,8 +47,21 @@ class Runtime(Strict):
                     "checks the module is there before sending anything.")
     note: str | None = Field(None, description="How the runtime gets onto the device when not from wheels.")
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        try:
+            runtime_for_profile(value)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
+        return value
+
     @model_validator(mode="after")
     def _wheelhouse_needs_tags(self) -> Runtime:
+        sources = runtime_for_profile(self.name).sources
+        if self.provided_by not in sources:
+            raise ValueError(f"runtime {self.name!r} cannot be provided_by {self.provided_by!r} "
+                             f"(it comes from: {', '.join(sources)})")
         if self.provided_by == "wheelhouse" and self.packages and not self.platform_tags:
             raise ValueError("runtime.platform_tags is required when packages come from the wheelhouse")
         return self
@@ -148,13 +163,25 @@ class Formats(Strict):
 
 class Bench(Strict):
     threads: tuple[int, ...] = Field((1,), min_length=1)
-    delegates: tuple[Literal["cpu", "xnnpack", "gpu-fp16", "gpu-fp32", "edgetpu", "nnapi"], ...] = ("cpu",)
+    delegates: tuple[str, ...] = Field(("cpu",), description="Delegates to time; each runtime's are in "
+                                                              "edgefleet/runtimes/.")
     warmup_runs: int = Field(5, ge=0)
     min_runs: int = Field(50, ge=1)
     min_duration_s: float = Field(2.0, ge=0)
     max_runs: int = Field(10_000, ge=1)
     cooldown_s: float = Field(1.0, ge=0)
     cv_threshold: float = Field(0.15, gt=0)
+
+    @field_validator("delegates")
+    @classmethod
+    def _known_delegates(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = delegate_names()
+        for name in value:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"unknown delegate {name!r}{hint}; known: {', '.join(known)}")
+        return value
 
     @field_validator("threads")
     @classmethod

@@ -1,10 +1,13 @@
 """The typed shape of a model recipe (``models/<name>/recipe.yaml``)."""
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
 
+from edgefleet.evaluation.kinds import EVALUATORS, decoders, for_task, tasks
+from edgefleet.evaluation.kinds import evaluator as evaluator_kind
 from edgefleet.profiles.model import NAME_PATTERN
 
 
@@ -66,20 +69,37 @@ class InputSpec(Strict):
         return (self.shape[1], self.shape[2]) if self.layout == "NHWC" else (self.shape[2], self.shape[3])
 
 
+def _one_of(value: str, known: tuple[str, ...], what: str) -> str:
+    if value not in known:
+        close = difflib.get_close_matches(value, known, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown {what} {value!r}{hint}; known: {', '.join(known)}")
+    return value
+
+
 class Postprocess(Strict):
-    kind: Literal["ssd_anchors", "yolov5", "argmax"]
+    kind: str = Field(description="The on-device decoder (edgefleet/evaluation/kinds.py names each task's).")
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return _one_of(value, decoders(), "postprocess kind")
 
 
 class Task(Strict):
-    kind: Literal["detection", "classification"]
+    kind: str = Field(description="detection or classification (edgefleet/evaluation/kinds.py).")
     classes: tuple[str, ...] = Field(min_length=1)
     postprocess: Postprocess
 
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return _one_of(value, tasks(), "task kind")
+
     @model_validator(mode="after")
     def _post_matches_task(self) -> Task:
-        detection = self.postprocess.kind in ("ssd_anchors", "yolov5")
-        if detection != (self.kind == "detection"):
+        if self.postprocess.kind not in for_task(self.kind).decoders:
             raise ValueError(f"postprocess {self.postprocess.kind!r} does not fit a {self.kind} task")
         return self
 
@@ -98,11 +118,16 @@ class Calibration(Strict):
 
 
 class Evaluation(Strict):
-    kind: Literal["coco", "labels"]
+    kind: str = Field(description="The evaluation's kind: coco or labels (edgefleet/evaluation/kinds.py).")
     annotations: str = Field(description="COCO json (detection) or a labels file (classification).")
     images: str
 
     _inside = field_validator("annotations", "images")(_inside_recipe_folder)
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return _one_of(value, tuple(EVALUATORS), "evaluation kind")
 
 
 class Recipe(Strict):
@@ -113,3 +138,10 @@ class Recipe(Strict):
     task: Task
     calibration: Calibration
     evaluation: Evaluation | None = None
+
+    @model_validator(mode="after")
+    def _evaluation_fits_task(self) -> Recipe:
+        if self.evaluation is not None and evaluator_kind(self.evaluation.kind).task != self.task.kind:
+            raise ValueError(f"evaluation kind {self.evaluation.kind!r} does not evaluate a {self.task.kind} task "
+                             f"(use {for_task(self.task.kind).name!r})")
+        return self

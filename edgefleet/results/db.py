@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.errors import ResultsError
+from edgefleet.workspace import Workspace
 
 DB_VERSION = 1
 RUN_STATES = ("unknown", "not_started", "running", "done", "failed", "interrupted")
@@ -81,6 +82,11 @@ CREATE TABLE IF NOT EXISTS accuracy (
 );
 """
 
+
+
+def results_db_path(ws: Workspace) -> Path:
+    """The workspace's results database (collect writes it, reports and studies read it)."""
+    return ws.state_dir / "results.db"
 
 @dataclass(frozen=True)
 class RunRecord:

@@ -1,6 +1,6 @@
 """The typed shape of one line of the agent's ``results.jsonl`` (schema 1).
 
-The agent (edgefleet/agent/agent.py) documents the contract; this model is the
+The agent (edgefleet/agent/efagent/__init__.py, CONTRACT) documents the contract; this model is the
 host's check of it. It rejects what cannot be a measurement (wrong types, a
 negative latency, an ``ok`` line without numbers, a failed line that carries a
 latency) and accepts fields it does not know, so a newer agent's extra facts

@@ -2,7 +2,7 @@
 
 A step function takes a StepContext and returns a StepResult. It reads only its
 inputs, writes only into ``ctx.out_dir`` and reports through ``ctx.log``. It runs
-in a child process (``python -m edgefleet.step SPEC``), locally or in a container,
+in a child process (``python -m edgefleet.steps.process SPEC``), locally or in a container,
 so it may import heavy converters freely.
 """
 from __future__ import annotations

@@ -11,7 +11,9 @@ from edgefleet.steps.base import StepFunction
 @dataclass(frozen=True)
 class StepKind:
     name: str
-    builder: str          # builders/<builder>/ is the image it runs in
+    # builders/<builder>/ is the image it runs in. This table is the only place that says so:
+    # builder.yaml lists no kinds, a builder's spec asks kinds_in_builder().
+    builder: str
     target: str           # "package.module:function"
     version: int = 1      # bump when the step's output for the same inputs changes
 
@@ -28,6 +30,11 @@ def step_kind(name: str) -> StepKind:
         return STEP_KINDS[name]
     except KeyError:
         raise PlanError(f"unknown step kind {name!r}; known: {', '.join(sorted(STEP_KINDS))}") from None
+
+
+def kinds_in_builder(builder: str) -> tuple[str, ...]:
+    """The step kinds that run in ``builders/<builder>/``'s image, in registration order."""
+    return tuple(kind.name for kind in STEP_KINDS.values() if kind.builder == builder)
 
 
 def resolve_step(name: str) -> StepFunction:
@@ -53,7 +60,9 @@ def _register_all() -> None:
         # Needs PyPI (the pinned runtime's x86_64 wheel) but no converter: the runtime image has both.
         StepKind("tflite.runtime_compat", "runtime", "edgefleet.steps.compat:tflite_runtime_compat"),
         StepKind("android.aar", "android-aar", "edgefleet.steps.android:android_aar"),
-        StepKind("selftest.env", "tf", "edgefleet.steps.selftest:selftest_env"),
+        # Not planned: it probes the environment a backend gives its steps, in any builder (tf has TensorFlow
+        # for params.convert).
+        StepKind("probe.env", "tf", "edgefleet.steps.probe:probe_env"),
     ):
         register(kind)
 

@@ -13,8 +13,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgefleet.errors import BuildError
+from edgefleet.runtimes import get_runtime
 
-TEMPLATE = "jetson/tftrt_convert.py.j2"
+TEMPLATE = get_runtime("tftrt").templates["tftrt_convert"]
 SCRIPT_NAME = "tftrt_convert.py"
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from ruamel.yaml import YAML
 
-from edgefleet.agent import postprocess as pp
+from edgefleet.agent.efagent import postprocess as pp
 from edgefleet.datasets import shapes
 from edgefleet.evaluation.coco import score_detections
 

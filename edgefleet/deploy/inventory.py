@@ -1,7 +1,7 @@
-"""The inventory a running fleet publishes: device name -> how to reach it and where to work.
+"""A device inventory: device name -> how to reach it, where to work, and what it is.
 
-``load_inventory`` is what deploy uses to turn an emulated device name into an
-``SshConnection`` and a workdir.
+Deploy reads any inventory; the emulated fleet is one writer of it (``fleet.up`` saves one).
+This module is deploy's, so a deploy to a real board needs nothing from the fleet.
 """
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
-"""``selftest.env``: what a step process sees (Python, platform, converters, inputs), for ``invoke doctor``.
+"""``probe.env``: what a step process sees (Python, platform, uid, packages, its inputs' mounts).
 
-With ``params.convert`` it also converts a tiny TensorFlow function to TFLite and runs it,
-proving the converter and the interpreter work where the step runs.
+A probe of the environment a backend gives its steps, not a build step: no plan uses it.
+The Docker backend's tests run it in builder containers (every builder installs edgefleet,
+so it runs in any of them) to prove the runner venv, the user and the read-only input
+mounts. With ``params.convert`` it also converts a tiny TensorFlow function to TFLite
+and runs it, proving the converter and the interpreter work where the step runs.
 """
 from __future__ import annotations
 
@@ -17,17 +20,17 @@ from edgefleet.errors import BuildError
 from edgefleet.steps.base import StepContext, StepResult
 
 ENV_FILE = "env.json"
-MODEL_FILE = "selftest.tflite"
+MODEL_FILE = "probe.tflite"
 PACKAGES = ("edgefleet", "numpy", "tensorflow-cpu", "tensorflow", "tf_keras", "ai-edge-litert", "tflite-runtime",
             "onnx", "onnxruntime", "openvino", "onnx2tf", "tf2onnx")
 # A float32 model reproduces TensorFlow's result to rounding; anything larger is a broken runtime.
 MAX_ABS_DIFF = 1e-5
 
 
-def selftest_env(ctx: StepContext) -> StepResult:
+def probe_env(ctx: StepContext) -> StepResult:
     convert = ctx.params.get("convert", False)
     if not isinstance(convert, bool):
-        raise BuildError(f"selftest.env: params.convert must be true or false, got {convert!r}")
+        raise BuildError(f"probe.env: params.convert must be true or false, got {convert!r}")
     env = _environment()
     # Whether inputs arrive, and read-only: what a backend's mounts look like from inside.
     env["inputs"] = {name: {"bytes": _size(path), "writable": os.access(path, os.W_OK)}
@@ -82,7 +85,7 @@ def _tiny_conversion(path: Path, log: Any) -> dict[str, Any]:
         import numpy as np
         import tensorflow as tf
     except ImportError as exc:
-        raise BuildError(f"selftest.env: convert=true needs TensorFlow here: {exc}") from None
+        raise BuildError(f"probe.env: convert=true needs TensorFlow here: {exc}") from None
 
     rng = np.random.default_rng(0)
     w = tf.constant(rng.standard_normal((8, 4)), dtype=tf.float32)

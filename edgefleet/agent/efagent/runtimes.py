@@ -1,9 +1,8 @@
 """Inference runtimes behind one small plug-in interface, for the on-device agent.
 
 Runs ON THE DEVICE: Python 3.6+, stdlib + numpy + the runtime itself, nothing
-from edgefleet (this file is shipped inside the agent's zipapp as a top-level
-module). Every runtime library is imported inside a method, so a device that
-lacks one still loads this module and reports ``missing_runtime`` for its cells.
+from edgefleet's host code. Every runtime library is imported inside a method, so a
+device that lacks one still loads this module and reports ``missing_runtime`` for its cells.
 
 A plug-in is a :class:`Runtime` registered under its name. ``load`` returns a
 :class:`Session`; the benchmark loop only ever talks to these two interfaces and

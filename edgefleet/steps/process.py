@@ -1,10 +1,13 @@
-"""Run one build step: ``python -m edgefleet.step SPEC.json``.
+"""Run one build step: ``python -m edgefleet.steps.process SPEC.json``.
 
 This is the single entry point both backends use, so the code that runs in a
 builder container is the code that runs on the host. The spec is JSON:
 ``{"kind": str, "inputs": {name: path}, "params": {...}, "out_dir": path}``.
 Log lines go to stdout; on success the result is written to
-``<out_dir>/.step-result.json`` and the exit code is 0.
+``<out_dir>/.step-result.json`` and the exit code is 0. A step that raises an
+edgefleet error exits with that error's code (``edgefleet/errors.py``), and the
+backends read it back with the same constants: ``EXIT_TOOL_UNAVAILABLE`` is a
+step that needs what this machine lacks, any other code a failed step.
 """
 from __future__ import annotations
 
@@ -13,11 +16,13 @@ import json
 import sys
 from pathlib import Path
 
+from edgefleet.errors import EXIT_CONFIG, EXIT_OK, EdgefleetError
+
+# What the backends run: ``python -m`` this module (a constant, so both build the same command).
+STEP_MODULE = "edgefleet.steps.process"
 RESULT_FILE = ".step-result.json"
 ERROR_FILE = ".step-error.json"
-# Exit codes a backend reads back: 1 a failed step, 3 a step that needs what this machine lacks.
-EXIT_FAILED = 1
-EXIT_UNAVAILABLE = 3
+USAGE = f"usage: python -m {STEP_MODULE} SPEC.json"
 
 
 def read_step_error(out_dir: Path) -> str | None:
@@ -31,9 +36,9 @@ def read_step_error(out_dir: Path) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m edgefleet.step SPEC.json", file=sys.stderr)
-        return 2
-    from edgefleet.errors import EdgefleetError, ToolUnavailableError
+        print(USAGE, file=sys.stderr)
+        return EXIT_CONFIG
+    # Imported here, not at the top: the backends import this module for its names only.
     from edgefleet.steps.base import StepContext
     from edgefleet.steps.registry import resolve_step
 
@@ -51,11 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         result = resolve_step(spec["kind"])(ctx)
     except EdgefleetError as exc:
         print(f"error: {exc}", flush=True)
-        unavailable = isinstance(exc, ToolUnavailableError)
         (out_dir / ERROR_FILE).write_text(json.dumps({"type": type(exc).__name__, "message": str(exc)}))
-        return EXIT_UNAVAILABLE if unavailable else EXIT_FAILED
+        return exc.exit_code
     (out_dir / RESULT_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2, sort_keys=True))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
