@@ -6,12 +6,13 @@ evaluation (an `agreement` with fp32, say) is adding one entry here.
 Light on purpose: recipes validate against it at load, so scorers are imported only when scoring."""
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from edgefleet.config.validate import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,8 @@ def evaluator(name: str) -> EvaluatorKind:
     try:
         return EVALUATORS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(EVALUATORS), n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise KeyError(f"unknown evaluation kind {name!r}{hint}; known: {', '.join(EVALUATORS)}") from None
+        raise KeyError(f"unknown evaluation kind {name!r}{did_you_mean(name, EVALUATORS)}; "
+                       f"known: {', '.join(EVALUATORS)}") from None
 
 
 def for_task(task: str) -> EvaluatorKind:

@@ -5,11 +5,11 @@ and everything downstream receives validated values.
 """
 from __future__ import annotations
 
-import difflib
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgefleet.config.validate import did_you_mean
 from edgefleet.runtimes import delegate_names, runtime_for_profile
 from edgefleet.transport.connections import Connection, LocalConnection
 
@@ -178,9 +178,7 @@ class Bench(Strict):
         known = delegate_names()
         for name in value:
             if name not in known:
-                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"unknown delegate {name!r}{hint}; known: {', '.join(known)}")
+                raise ValueError(f"unknown delegate {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}")
         return value
 
     @field_validator("threads")

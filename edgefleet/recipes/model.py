@@ -1,11 +1,11 @@
 """The typed shape of a model recipe (``models/<name>/recipe.yaml``)."""
 from __future__ import annotations
 
-import difflib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
 
+from edgefleet.config.validate import did_you_mean
 from edgefleet.evaluation.kinds import EVALUATORS, decoders, for_task, tasks
 from edgefleet.evaluation.kinds import evaluator as evaluator_kind
 from edgefleet.profiles.model import NAME_PATTERN
@@ -71,9 +71,7 @@ class InputSpec(Strict):
 
 def _one_of(value: str, known: tuple[str, ...], what: str) -> str:
     if value not in known:
-        close = difflib.get_close_matches(value, known, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown {what} {value!r}{hint}; known: {', '.join(known)}")
+        raise ValueError(f"unknown {what} {value!r}{did_you_mean(value, known)}; known: {', '.join(known)}")
     return value
 
 

@@ -2,12 +2,12 @@
 adding a runtime is adding one module."""
 from __future__ import annotations
 
-import difflib
 import importlib
 import pkgutil
 from typing import Any
 
 import edgefleet.runtimes as package
+from edgefleet.config.validate import did_you_mean
 from edgefleet.runtimes.base import RuntimeSpec
 
 _NOT_RUNTIMES = {"base", "registry"}
@@ -32,9 +32,7 @@ def all_runtimes() -> tuple[RuntimeSpec, ...]:
 
 
 def _unknown(kind: str, name: str, known: list[str]) -> KeyError:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return KeyError(f"unknown {kind} {name!r}{hint}; known: {', '.join(sorted(known))}")
+    return KeyError(f"unknown {kind} {name!r}{did_you_mean(name, known)}; known: {', '.join(sorted(known))}")
 
 
 def get_runtime(name: str) -> RuntimeSpec:
