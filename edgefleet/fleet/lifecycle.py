@@ -255,8 +255,7 @@ def _create(state_dir: Path, state: FleetState, specs: Sequence[DeviceSpec], roo
     known_lines: list[str] = []
     for item in prepared:  # sshd last: it must see every mount made above (see userland.py)
         sshd.start(item.files, prefix=item.prefix, address=item.device.address, port=item.device.port)
-        devices[item.spec.name] = _inventory_entry(state_dir, item, peer_locks[item.spec.name], client_key,
-                                                   known_hosts)
+        devices[item.spec.name] = _inventory_entry(item, peer_locks[item.spec.name], client_key, known_hosts)
         known_lines.append(f"{host_key_name(item.device.address, item.device.port)} {item.host_key_line}")
     known_hosts.write_text("\n".join(known_lines) + "\n")
     inventory = Inventory(isolation=state.isolation, devices=devices)
@@ -264,8 +263,8 @@ def _create(state_dir: Path, state: FleetState, specs: Sequence[DeviceSpec], roo
     return inventory
 
 
-def _inventory_entry(state_dir: Path, item: _Prepared, locks: tuple[str | None, tuple[str, ...]],
-                     client_key: Path, known_hosts: Path) -> InventoryDevice:
+def _inventory_entry(item: _Prepared, locks: tuple[str | None, tuple[str, ...]], client_key: Path,
+                     known_hosts: Path) -> InventoryDevice:
     device = item.device
     return InventoryDevice(
         name=item.spec.name, stands_in_for=item.spec.stands_in_for, arch=item.spec.arch, workdir=item.workdir,
@@ -305,7 +304,6 @@ def _prepare_device(state_dir: Path, state: FleetState, spec: DeviceSpec, index:
     if spec.userland is not None:
         item.root = DeviceRoot(device_dir, lowers[spec.userland.rootfs.key], chroot_dir(state.tag) / spec.name)
         item.workdir = spec.userland.workdir
-        _record(state_dir, state, device)
         mount_root(item.root, _shared_dir(state_dir))
         remove_packages(item.root, spec.userland.without_packages)
     workdir_on_host = item.root.host_path(item.workdir) if item.root else Path(item.workdir)
