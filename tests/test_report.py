@@ -188,7 +188,7 @@ def _ingest_fleet(db: ResultsDB, agent_run: AgentRun, quarantine: Path) -> None:
         "rpi3": dict(env={"uname": {"machine": "armv7l"}, "os": DEBIAN, "python": "3.11.2", "numpy": "1.24.2",
                           "numpy_path": OS_NUMPY, "emulated": True, "emulation": QEMU_RPI3}),
         "host": dict(env={"uname": {"machine": "x86_64"}, "os": DEBIAN, "python": "3.11.7", "numpy": "2.4.6",
-                          "numpy_path": "/work/venv/lib/python3.11/site-packages/numpy", "emulated": True,
+                          "numpy_path": "/opt/venv/lib/python3.11/site-packages/numpy", "emulated": True,
                           "emulation": HOST_CPU}),
         "jetson": dict(emulated=False, env={"uname": {"machine": "aarch64"}, "os": "Ubuntu 18.04.6 LTS",
                                             "python": "3.6.9", "numpy": "1.13.3", "numpy_path": OS_NUMPY,
