@@ -29,7 +29,7 @@ from edgefleet.deploy.plan import DISK_MARGIN_BYTES
 from edgefleet.errors import ChecksFailedError, ConfigError, DeployError, TransportError
 from edgefleet.fleet import binfmt
 from edgefleet.fleet.binfmt import BINFMT_ROOT, EMULATIONS, BinfmtStatus
-from edgefleet.deploy.inventory import INVENTORY_FILE, load_inventory
+from edgefleet.deploy.inventory import INVENTORY_FILE, is_host_cpu, load_inventory
 from edgefleet.fleet.system import find_tool
 from edgefleet.profiles.load import load_all_profiles
 from edgefleet.profiles.model import Profile
@@ -211,9 +211,8 @@ def devices_to_check(ws: Workspace, profiles: Sequence[Profile], wanted: Sequenc
     inventory_file = fleet_dir(ws.state_dir) / INVENTORY_FILE
     if inventory_file.is_file():
         for name, entry in load_inventory(inventory_file).devices.items():
-            host_cpu = entry.emulated and entry.emulation.get("kind", "host-cpu") == "host-cpu"
             found[name] = DeviceToCheck(name, entry.connection, entry.workdir, entry.emulated, by_name.get(name),
-                                        host_cpu)
+                                        is_host_cpu(entry.emulated, entry.emulation))
     for profile in profiles:
         if profile.name not in found and isinstance(profile.transport, SshConnection):
             found[profile.name] = DeviceToCheck(profile.name, profile.transport, profile.workdir, False, profile)

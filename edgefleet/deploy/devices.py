@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.errors import ConfigError
-from edgefleet.deploy.inventory import INVENTORY_FILE, load_inventory
+from edgefleet.deploy.inventory import INVENTORY_FILE, is_host_cpu, load_inventory
 from edgefleet.profiles.model import Profile
 from edgefleet.transport.connections import Connection
 
@@ -30,7 +30,7 @@ class DeviceAddress:
     @property
     def host_cpu(self) -> bool:
         """This host's CPU and OS stand in for the board (``--emulate host``): it gets this host's wheels."""
-        return self.emulated and self.emulation.get("kind", "host-cpu") == "host-cpu"
+        return is_host_cpu(self.emulated, self.emulation)
 
 
 def fleet_dir(state_dir: Path) -> Path:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgefleet.deploy.inventory import is_host_cpu
 from edgefleet.errors import DeployError
 from edgefleet.transport.base import Transport
 
@@ -17,12 +18,9 @@ from edgefleet.transport.base import Transport
 PROBE = r'''
 import json, os, platform, shutil, sys
 req = json.loads(sys.stdin.read())
-try:
-    from importlib.util import find_spec
-except ImportError:
-    find_spec = None
+from importlib.util import find_spec
 # Finding a module's spec does not import it (numpy takes a second to import under qemu).
-missing = [m for m in req.get("modules", []) if find_spec is not None and find_spec(m) is None]
+missing = [m for m in req.get("modules", []) if find_spec(m) is None]
 wd = req["workdir"]
 probe = wd
 while not os.path.exists(probe):
@@ -83,8 +81,7 @@ class DeviceFacts:
     @property
     def host_cpu_standin(self) -> bool:
         """The device says it is this host's CPU standing in for a board (`--emulate host`)."""
-        emulation = (self.identity or {}).get("emulation") or {}
-        return self.emulated and emulation.get("kind", "host-cpu") == "host-cpu"
+        return is_host_cpu(self.emulated, (self.identity or {}).get("emulation"))
 
 
 def gather_facts(transport: Transport, workdir: str, files: Mapping[str, str], *, modules: tuple[str, ...] = (),

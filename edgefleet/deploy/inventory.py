@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,14 @@ from edgefleet.errors import ConfigError
 from edgefleet.transport.connections import SshConnection
 
 INVENTORY_FILE = "inventory.json"
+# The emulation record's kind for a device whose CPU and OS are this host's (`fleet.up --emulate host`);
+# records without a kind predate qemu-user devices and were all of this kind.
+HOST_CPU = "host-cpu"
+
+
+def is_host_cpu(emulated: bool, emulation: Mapping[str, Any] | None) -> bool:
+    """Does this host's CPU stand in for the board (so its arch may differ and it gets this host's wheels)?"""
+    return emulated and (emulation or {}).get("kind", HOST_CPU) == HOST_CPU
 
 Isolation = Literal["netns", "loopback"]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgefleet.deploy.inventory import HOST_CPU
 from edgefleet.fleet.rootfs import RootfsSpec
 
 IDENTITY_FILE = "device.json"
@@ -71,7 +72,7 @@ def veth_names(tag: str, index: int) -> tuple[str, str]:
 def emulation_record(spec: DeviceSpec, emulator: str | None) -> dict[str, object]:
     """What every result from this device says about how it was emulated."""
     if spec.userland is None:
-        return {"kind": "host-cpu", "emulator": None, "host_arch": platform.machine(),
+        return {"kind": HOST_CPU, "emulator": None, "host_arch": platform.machine(),
                 "note": "this host's CPU, OS and Python stand in for the board"}
     land = spec.userland
     return {"kind": "qemu-user", "emulator": emulator, "host_arch": platform.machine(),
