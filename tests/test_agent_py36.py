@@ -24,8 +24,9 @@ PACKAGE_DIR = AGENT_DIR / "efagent"
 DEVICE_FILES = sorted(PACKAGE_DIR.glob("*.py")) + [AGENT_DIR / "launcher.py"]
 # What the device side may import besides the stdlib (the launcher imports the package by its name).
 ALLOWED_THIRD_PARTY = {"numpy", "efagent"}
-# The runtimes, imported inside runtimes.py's functions only.
+# The runtimes, imported inside the plug-in modules' functions only.
 RUNTIME_MODULES = {"ai_edge_litert", "tflite_runtime", "tensorflow", "onnxruntime", "openvino", "pkg_resources"}
+PLUGIN_MODULES = ("runtimes.py", "tfgraph.py")
 
 
 def _device_files() -> list[Path]:
@@ -72,12 +73,13 @@ def test_imports_only_stdlib_numpy_and_runtimes(path: Path) -> None:
             top = name.split(".")[0]
             assert top != "edgefleet", f"{path.name} imports {name}: host code is 3.10+ and not on the device"
             allowed = sys.stdlib_module_names | ALLOWED_THIRD_PARTY | (
-                RUNTIME_MODULES if path.name == "runtimes.py" else set())
+                RUNTIME_MODULES if path.name in PLUGIN_MODULES else set())
             assert top in allowed, f"{path.name} imports {name}"
 
 
-def test_runtime_libraries_are_imported_lazily() -> None:
-    tree = ast.parse((PACKAGE_DIR / "runtimes.py").read_text())
+@pytest.mark.parametrize("name", PLUGIN_MODULES)
+def test_runtime_libraries_are_imported_lazily(name: str) -> None:
+    tree = ast.parse((PACKAGE_DIR / name).read_text())
     top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     top_level |= {(node.module or "").split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom)}
     assert not top_level & RUNTIME_MODULES, "a device without one runtime must still load the agent"

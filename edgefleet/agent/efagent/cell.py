@@ -34,8 +34,10 @@ def bench_cell(run, cell, workdir, env, run_dir, quiet=None):
         _measure_cell(record, run, cell, workdir, run_dir, quiet)
     except runtimes.RuntimeMissing as exc:
         _fail(record, "missing_runtime", str(exc))
+        record["runtime_info"] = getattr(exc, "info", None)  # what the runtime learnt before it gave up
     except CellError as exc:
         _fail(record, "error", str(exc))
+        record["runtime_info"] = getattr(exc, "info", None)
     except Exception as exc:  # a runtime's own failure must not end the run
         _fail(record, "error", "{}: {}".format(type(exc).__name__, exc))
         record["traceback"] = traceback.format_exc()[-4000:]

@@ -413,3 +413,6 @@ class OpenVinoRuntime(Runtime):
 register(TFLiteRuntime())
 register(OnnxRuntime())
 register(OpenVinoRuntime())
+
+# Frozen TensorFlow graphs (tf, tftrt) live in their own module, which registers them on import.
+from . import tfgraph  # noqa: E402,F401
