@@ -98,6 +98,7 @@ def _run_one(step: Step, plan: Plan, store: ArtifactStore, backend: Backend, tim
             "duration_s": round(time.monotonic() - started, 3),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "edgefleet_version": __version__, "primary_files": result.get("files", []),
+            "device_files": result.get("device_files", []),
         }
         store.commit(staging, manifest)
     return StepOutcome(step, "built", time.monotonic() - started, manifest=store.manifest(step.key))

@@ -20,6 +20,8 @@ REAL_COMPONENT_MARKERS = ("docker", "ssh", "convert")
 os.environ.setdefault("EDGEFLEET_ROOTFS_CACHE", str(REPO / ".edgefleet" / "rootfs"))
 # ... and so do the venvs that check artifacts load in a profile's pinned runtime version.
 os.environ.setdefault("EDGEFLEET_COMPAT_CACHE", str(REPO / ".edgefleet" / "runtime-compat"))
+# ... and so does the TensorFlow op registry a tftrt target's frozen graphs are checked against.
+os.environ.setdefault("EDGEFLEET_TF_OPREGISTRY_CACHE", str(REPO / ".edgefleet" / "tf-opregistry"))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -235,3 +235,30 @@ def test_companion_files_ship_beside_their_model():
     uploads = {a.remote: a.size for a in plan.uploads}
     assert uploads[f"{WD}/artifacts/k9/model.xml"] == 1000 and uploads[f"{WD}/artifacts/k9/model.bin"] == 5000
     assert cells_of(plan) == ["openvino-fp32/cpu/t1", "openvino-fp32/cpu/t2"]
+
+
+def _tftrt(name: str, key: str, graph: str, script: str = "s") -> Variant:
+    return Variant(name, "tftrt", key, LocalFile(Path("frozen.pb"), graph * 64, 1000),
+                   companions=(LocalFile(Path("tftrt_convert.py"), script * 64, 10),))
+
+
+@pytest.mark.parametrize("graphs, measured, same_as", [
+    # Rewrites that changed nothing: one graph under four names is measured once.
+    ("aaaa", ["relu6-nms-cpu"], {"relu6-nms-default": "relu6-nms-cpu", "relu6-replaced-nms-cpu": "relu6-nms-cpu",
+                                  "relu6-replaced-nms-default": "relu6-nms-cpu"}),
+    ("abab", ["relu6-nms-cpu", "relu6-nms-default"],
+     {"relu6-replaced-nms-cpu": "relu6-nms-cpu", "relu6-replaced-nms-default": "relu6-nms-default"}),
+    ("abcd", ["relu6-nms-cpu", "relu6-nms-default", "relu6-replaced-nms-cpu", "relu6-replaced-nms-default"], {}),
+])
+def test_variants_that_differ_only_in_name_are_measured_once(graphs, measured, same_as):
+    names = ["relu6-nms-cpu", "relu6-nms-default", "relu6-replaced-nms-cpu", "relu6-replaced-nms-default"]
+    variants = [_tftrt(n, f"k{i}", g) for i, (n, g) in enumerate(zip(names, graphs))]
+    # The tf-native baseline has the same bytes as an unchanged rewrite but another runtime: it stays.
+    variants.append(Variant("tf-native", "tf", "k9", LocalFile(Path("frozen.pb"), "a" * 64, 1000)))
+    plan = plan_deploy(request(profile(threads=(1,)), variants=variants), facts())
+    assert cells_of(plan) == [f"{n}/cpu/t1" for n in measured] + ["tf-native/cpu/t1"]
+    config = next(a for a in plan.actions if isinstance(a, WriteRunConfig)).config
+    assert config.get("same_as", {}) == same_as
+    assert all(any(name in w and other in w for w in plan.warnings) for name, other in same_as.items())
+    shipped_graphs = [a.remote for a in plan.uploads if a.remote.endswith("frozen.pb")]
+    assert len(shipped_graphs) == len(measured) + 1

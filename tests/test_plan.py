@@ -29,10 +29,15 @@ def profile(formats: dict, **extra) -> Profile:
     })
 
 
-def plan_for(formats: dict, source_format: str = "keras", **extra):
+# What edgefleet.plan.workspace gathers for a tftrt target: the op registry of the TF it pins.
+REGISTRIES = {"1.15.5": SourceInput(Path("tensorflow-1.15.5.json"), "r" * 64)}
+
+
+def plan_for(formats: dict, source_format: str = "keras", registries=REGISTRIES, **extra):
     recipe = Recipe.model_validate({**RECIPE, "source": {"format": source_format, "path": "m"}})
     return plan_build(PlanInputs(recipe, profile(formats, **extra), SourceInput(Path("m"), "a" * 64),
-                                 SourceInput(Path("calib.npy"), "c" * 64), {"tf": "v1"}))
+                                 SourceInput(Path("calib.npy"), "c" * 64), {"tf": "v1"},
+                                 tf_op_registries=registries))
 
 
 def steps(plan) -> list[tuple[str, str, str | None]]:
@@ -63,10 +68,10 @@ CASES = [
         ("edgetpu/compiled", "edgetpu.compile", "edgetpu"),
     ]),
     ("keras", {"tftrt": {"jetpack_tf_version": "1.15.5", "relu6_replace": [True], "nms_on_cpu": [True, False]}}, [
-        ("tftrt/frozen", "tftrt.freeze", None),
+        ("tftrt/frozen", "tftrt.freeze", "tf-native"),
+        ("tftrt/device-script", "tftrt.device_script", None),
         ("tftrt/relu6-replaced-nms-cpu", "tftrt.rewrite", "tftrt-fp16-relu6-replaced-nms-cpu"),
         ("tftrt/relu6-replaced-nms-default", "tftrt.rewrite", "tftrt-fp16-relu6-replaced-nms-default"),
-        ("tftrt/device-script", "tftrt.device_script", None),
     ]),
     ("keras", {"android_aar": {"fat_apk_cpu": ["arm64-v8a", "x86_64"]}}, [("android/aar", "android.aar", None)]),
 ]
@@ -119,6 +124,20 @@ def test_downstream_keys_follow_upstream_keys():
     other_opset = plan_for({"openvino": {}, "onnx": {"opset": 17}})
     assert plan.step("onnx").key != other_opset.step("onnx").key
     assert plan.step("openvino/fp32").key != other_opset.step("openvino/fp32").key
+
+
+def test_tftrt_graphs_are_checked_against_the_pinned_tf_registry():
+    tftrt = {"tftrt": {"jetpack_tf_version": "1.15.5", "relu6_replace": [True], "nms_on_cpu": [True]}}
+    plan = plan_for(tftrt)
+    for step_id in ("tftrt/frozen", "tftrt/relu6-replaced-nms-cpu"):
+        assert plan.step(step_id).inputs["op_registry"] == REGISTRIES["1.15.5"]
+    assert "op_registry" not in plan.step("tftrt/device-script").inputs
+    other = plan_for(tftrt, registries={"1.15.5": SourceInput(Path("tensorflow-1.15.5.json"), "s" * 64)})
+    assert plan.step("tftrt/frozen").key != other.step("tftrt/frozen").key
+    assert plan.step("tftrt/relu6-replaced-nms-cpu").key != other.step("tftrt/relu6-replaced-nms-cpu").key
+    with pytest.raises(PlanError, match="no op registry for it"):
+        plan_for(tftrt, registries={})
+    assert "op_registry" not in str(plan_for({"tflite": {"quantizations": ["fp32"]}}, registries={}).steps)
 
 
 def test_steps_come_in_dependency_order():

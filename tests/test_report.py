@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -253,3 +254,20 @@ def test_a_device_lists_every_runtime_its_cells_loaded(db: ResultsDB, agent_run:
     cells[-1] = replace(cells[-1], raw=json.dumps(onnx))
     (row,) = build_devices(db.runs([agent_run.run_id]), cells)
     assert row.text("runtimes") == "ai_edge_litert.interpreter 2.3.0, onnxruntime 1.17.1"
+
+
+def test_variants_measured_under_another_name_are_listed(agent_run: AgentRun, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(agent_run.run_dir, run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    run["same_as"] = {"tftrt-fp16-relu6-replaced-nms-cpu": "tftrt-fp16-relu6-nms-cpu"}
+    (run_dir / "run.json").write_text(json.dumps(run))
+    database = ResultsDB(tmp_path / "results.sqlite")
+    ingest_run_dir(database, run_dir, tmp_path / "quarantine")
+    ingest_run_dir(database, run_dir, tmp_path / "quarantine")  # re-ingesting adds nothing
+
+    assert database.same_as() == [(agent_run.run_id, agent_run.device, "tftrt-fp16-relu6-replaced-nms-cpu",
+                                   "tftrt-fp16-relu6-nms-cpu")]
+    paths = render_report(database, [agent_run.run_id], tmp_path / "report")
+    for text in (paths.markdown.read_text(), paths.html.read_text()):
+        assert "measured under another name" in text and "tftrt-fp16-relu6-replaced-nms-cpu" in text

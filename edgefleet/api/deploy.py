@@ -14,6 +14,7 @@ from edgefleet.agent.bundle import build_agent_bundle
 from edgefleet.api.context import Env
 from edgefleet.backends.registry import open_backend
 from edgefleet.deploy.apply import ApplyResult, apply_plan, runtime_python
+from edgefleet.deploy.benchmark_model import deploy_benchmark_model
 from edgefleet.deploy.devices import DeviceAddress, resolve_device
 from edgefleet.deploy.evalspec import eval_request, gate_config
 from edgefleet.deploy.facts import gather_facts
@@ -30,7 +31,7 @@ from edgefleet.profiles.model import Profile
 from edgefleet.recipes.load import LoadedRecipe, load_recipe
 from edgefleet.recipes.sources import sha256_file
 from edgefleet.runs import RunRecord, new_run_id, save_run
-from edgefleet.runtimes import ships_wheels
+from edgefleet.runtimes import runtime_for_profile, ships_wheels
 from edgefleet.store import ArtifactStore
 from edgefleet.transport.base import Transport
 from edgefleet.transport.registry import open_transport
@@ -78,8 +79,11 @@ def built_variants(plan: Plan, store: ArtifactStore, say) -> list[Variant]:
         if not primary.is_file():
             say(f"[yellow]not deployed:[/] {step.variant} is a folder artifact; the agent runs single-file models")
             continue
-        companions = tuple(local_file(p) for p in sorted(primary.parent.glob(f"{primary.stem}.*"))
-                           if p != primary and p.is_file())
+        # Files named like the primary (OpenVINO's model.bin beside model.xml), and those the step says the
+        # device needs (a TF-TRT variant's conversion script).
+        beside = {p for p in primary.parent.glob(f"{primary.stem}.*") if p != primary and p.is_file()}
+        beside |= {primary.parent / name for name in manifest.get("device_files", [])}
+        companions = tuple(local_file(p) for p in sorted(beside))
         if step.runtime is None:  # the planner names a runtime for every variant it makes
             raise DeployError(f"variant {step.variant} (step {step.id}) names no runtime; this is a planner bug")
         variants.append(Variant(step.variant or step.id, step.runtime, step.key, local_file(primary),
@@ -172,9 +176,10 @@ def prepare_deploy(options: DeployOptions, env: Env) -> PreparedDeploy:
     say = env.console.print
     ws = env.workspace(options.workspace)
     profile = load_profile(ws.targets_dir, options.target).profile
-    if profile.device.python is None:
-        raise DeployError(f"target {profile.name!r} has no Python on the device ({profile.runtime.name}); "
-                          "the edgefleet agent cannot run there yet: use `invoke build` for its artifacts")
+    if profile.device.python is None and runtime_for_profile(profile.runtime.name).agent:
+        raise DeployError(f"target {profile.name!r} has no Python on the device, and its runtime "
+                          f"{profile.runtime.name!r} runs in the edgefleet agent, which needs it: set device.python "
+                          "or choose a runtime measured by a device binary (tflite-benchmark-model)")
     recipe = load_recipe(ws.models_dir, options.model or ws.settings.default_model)
     address = resolve_device(profile, ws.state_dir, options.device)  # a wrong --device fails before any build
     plan = plan_for(ws, profile, recipe)
@@ -257,4 +262,10 @@ def _record_run(prepared: PreparedDeploy, options: DeployOptions, emulated: bool
 
 def deploy(options: DeployOptions, env: Env | None = None) -> DeployOutcome:
     env = env or Env()
-    return apply_deploy(prepare_deploy(options, env), options, env)
+    prepared = prepare_deploy(options, env)
+    if not runtime_for_profile(prepared.request.profile.runtime.name).agent:
+        # No agent on the device: a binary of the runtime's measures each cell (edgefleet/deploy/benchmark_model.py).
+        done = deploy_benchmark_model(env.workspace(options.workspace), prepared.request, prepared.address,
+                                      prepared.model, dry_run=options.dry_run, say=env.console.print)
+        return DeployOutcome(done.run_id, done.device, done.deploy_plan(), None)
+    return apply_deploy(prepared, options, env)

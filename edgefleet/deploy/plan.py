@@ -134,11 +134,30 @@ def variant_files(workdir: str, variant: Variant) -> list[tuple[str, LocalFile]]
         [(f"{folder}/{c.path.name}", c) for c in variant.companions]
 
 
+def identical_variants(variants: Sequence[Variant]) -> dict[str, str]:
+    """Variant -> the earlier one it equals byte for byte (same runtime, same files): a rewrite that changed
+    nothing makes no new variant, so it is measured once, under the first name."""
+    first: dict[tuple[str, str, tuple[str, ...]], str] = {}
+    same: dict[str, str] = {}
+    for v in (v for v in variants if v.valid):
+        key = (v.runtime, v.file.sha256, tuple(sorted(c.sha256 for c in v.companions)))
+        if key in first:
+            same[v.name] = first[key]
+        else:
+            first[key] = v.name
+    return same
+
+
+def shipped(request: DeployRequest) -> list[Variant]:
+    """The variants deploy sends: valid ones, each distinct artifact once."""
+    same = identical_variants(request.variants)
+    return [v for v in request.variants if v.valid and v.name not in same]
+
+
 def expected_files(request: DeployRequest) -> dict[str, str]:
     """Remote path -> sha256 of everything the deploy ships; the facts probe reports which exist."""
     paths = remote_paths(request.workdir)
-    files = {remote: local.sha256 for v in request.variants if v.valid
-             for remote, local in variant_files(request.workdir, v)}
+    files = {remote: local.sha256 for v in shipped(request) for remote, local in variant_files(request.workdir, v)}
     files[f"{paths['agent']}/{request.agent.sha256[:16]}-{request.agent.path.name}"] = request.agent.sha256
     if request.samples is not None:
         files[f"{paths['data']}/{request.samples.sha256[:16]}.npy"] = request.samples.sha256
@@ -191,9 +210,7 @@ def build_cells(request: DeployRequest, samples_remote: str | None) -> list[dict
     cells = []
     bench = request.profile.bench
     evaluated: set[tuple[str, str]] = set()  # accuracy depends on artifact and delegate, not on threads
-    for variant in request.variants:
-        if not variant.valid:
-            continue
+    for variant in shipped(request):
         runtime = get_runtime(variant.runtime)
         for delegate_name in bench.delegates:
             spec = runtime.delegate(delegate_name, variant.name)
@@ -221,13 +238,16 @@ def plan_deploy(request: DeployRequest, facts: DeviceFacts) -> DeployPlan:
     warnings = check_device(request, facts)
     invalid = [v.name for v in request.variants if not v.valid]
     if invalid:
-        warnings.append(f"not shipped (failed the fidelity gate): {', '.join(invalid)}")
+        warnings.append(f"not shipped (invalid: failed the fidelity gate or a build check): {', '.join(invalid)}")
+    same = identical_variants(request.variants)
+    warnings.extend(f"{name} is byte for byte {other} (its build changed nothing): measured once, as {other}"
+                    for name, other in same.items())
     paths = remote_paths(request.workdir)
     actions: list[Action] = []
     wanted = expected_files(request)
     labels: dict[str, str] = {}
     local_by_remote: dict[str, LocalFile] = {}
-    for v in (v for v in request.variants if v.valid):
+    for v in shipped(request):
         for remote, local in variant_files(request.workdir, v):
             labels[remote] = f"artifact {v.name}" + ("" if local is v.file else f" ({local.path.name})")
             local_by_remote[remote] = local
@@ -288,6 +308,8 @@ def plan_deploy(request: DeployRequest, facts: DeviceFacts) -> DeployPlan:
         config["eval"] = eval_config(request.eval, eval_remote)
     if request.accuracy_gate is not None:
         config["accuracy_gate"] = dict(request.accuracy_gate)
+    if same:
+        config["same_as"] = same  # collect and the report say which names were measured as which
     if request.emulation:
         config["emulation"] = dict(request.emulation)
     actions.append(WriteRunConfig(f"{run_dir}/run.json", config))

@@ -99,22 +99,34 @@ def plan_savedmodel(b: PlanBuilder, spec: pm.SavedModelFormat) -> None:
 @format_planner("tftrt")
 def plan_tftrt(b: PlanBuilder, spec: pm.TftrtFormat) -> None:
     kind = _converter(b, FROZEN_FROM, "a TF-TRT frozen graph")
-    frozen = b.add("tftrt/frozen", kind, {"model": b.inputs.source},
-                   {"target_tf_version": spec.jetpack_tf_version, "batch_size": b.recipe.input.shape[0]})
-    precision = spec.converter.precision_mode.lower()
-    for relu6 in spec.relu6_replace:
-        for nms_cpu in spec.nms_on_cpu:
-            name = f"relu6{'-replaced' if relu6 else ''}-nms{'-cpu' if nms_cpu else '-default'}"
-            b.add(f"tftrt/{name}", "tftrt.rewrite", {"graph": StepInput(frozen, "frozen.pb")},
-                  {"relu6_replace": relu6, "nms_on_cpu": nms_cpu, "remove_asserts": spec.remove_asserts},
-                  variant=f"tftrt-{precision}-{name}", runtime="tftrt")
+    registry = b.inputs.tf_op_registries.get(spec.jetpack_tf_version)
+    if registry is None:
+        raise PlanError(f"target {b.profile.name!r} freezes graphs for TensorFlow {spec.jetpack_tf_version}, but "
+                        "the planner was given no op registry for it (edgefleet.plan.workspace fetches it)")
+    # The frozen graph itself is the tf-native variant: plain TensorFlow on the device, the baseline
+    # every TF-TRT variant is compared against.
+    frozen = b.add("tftrt/frozen", kind, {"model": b.inputs.source, "op_registry": registry},
+                   {"target_tf_version": spec.jetpack_tf_version, "batch_size": b.recipe.input.shape[0]},
+                   variant="tf-native", runtime="tf")
     script_inputs: dict[str, Input] = {"graph_info": StepInput(frozen, "graph.json")}
     template = b.inputs.templates.get("tftrt_convert")
     if template is not None:
         script_inputs["template"] = template
-    b.add("tftrt/device-script", "tftrt.device_script", script_inputs, spec.converter.model_dump(mode="json"))
-    b.notes.append("TF-TRT engines are built on the Jetson itself (they are tied to its GPU and TensorRT); "
-                   "deploy ships the frozen graphs and tftrt_convert.py.")
+    script = b.add("tftrt/device-script", "tftrt.device_script", script_inputs,
+                   spec.converter.model_dump(mode="json"))
+    precision = spec.converter.precision_mode.lower()
+    for relu6 in spec.relu6_replace:
+        for nms_cpu in spec.nms_on_cpu:
+            name = f"relu6{'-replaced' if relu6 else ''}-nms{'-cpu' if nms_cpu else '-default'}"
+            # Each variant carries the conversion script and graph.json, so the device converts it in place.
+            b.add(f"tftrt/{name}", "tftrt.rewrite",
+                  {"graph": StepInput(frozen, "frozen.pb"), "graph_info": StepInput(frozen, "graph.json"),
+                   "script": StepInput(script, "tftrt_convert.py"), "op_registry": registry},
+                  {"relu6_replace": relu6, "nms_on_cpu": nms_cpu, "remove_asserts": spec.remove_asserts},
+                  variant=f"tftrt-{precision}-{name}", runtime="tftrt")
+    b.notes.append("TF-TRT engines are built on the Jetson itself (they are tied to its GPU and TensorRT): "
+                   "deploy ships each variant's frozen graph with tftrt_convert.py, and the agent converts it "
+                   "once per device and caches the result.")
 
 
 @format_planner("edgetpu")

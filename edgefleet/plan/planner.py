@@ -28,6 +28,9 @@ class PlanInputs:
     fidelity_samples: int = 8
     # Device-side templates a step renders (name -> file), so a template edit changes the key.
     templates: Mapping[str, SourceInput] = field(default_factory=dict)
+    # TensorFlow version -> its op registry (JSON, edgefleet.tftrt.opregistry), one per tftrt format's
+    # jetpack_tf_version: frozen graphs are checked against it, and a new registry changes their keys.
+    tf_op_registries: Mapping[str, SourceInput] = field(default_factory=dict)
 
 
 class PlanBuilder:

@@ -1,9 +1,13 @@
 """A workspace's build plan for one (profile, recipe): the planner's inputs gathered from the workspace
-(the source and calibration digests, builder versions, device templates). Build, deploy and study all
-plan through here, from values they loaded once."""
+(the source and calibration digests, builder versions, device templates, the device TensorFlow's op
+registry). Build, deploy and study all plan through here, from values they loaded once."""
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from edgefleet.plan.model import Plan, SourceInput
 from edgefleet.plan.planner import PlanInputs, plan_build
@@ -12,7 +16,14 @@ from edgefleet.profiles.model import Profile
 from edgefleet.recipes.load import LoadedRecipe, load_recipe
 from edgefleet.recipes.sources import resolve_source, sha256_tree
 from edgefleet.runtimes import device_templates as runtime_templates
+from edgefleet.tftrt import opregistry
 from edgefleet.workspace import Workspace
+
+Log = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 def builder_versions(ws: Workspace) -> dict[str, str]:
     """A builder's version is the digest of its builder.yaml (its pins)."""
@@ -32,7 +43,23 @@ def device_templates(ws: Workspace) -> dict[str, SourceInput]:
     return found
 
 
-def plan_for(ws: Workspace, profile: Profile, recipe: LoadedRecipe) -> Plan:
+def tf_op_registry_cache(ws: Workspace) -> Path:
+    # One cache for several workspaces when asked (the test suite makes dozens of throwaway workspaces).
+    override = os.environ.get(opregistry.CACHE_ENV)
+    return Path(override) if override else ws.downloads_dir / opregistry.CACHE_DIR
+
+
+def tf_op_registries(ws: Workspace, profile: Profile, log: Log = _stderr) -> dict[str, SourceInput]:
+    """The op registry of the TensorFlow a tftrt target pins (fetched once from PyPI); none without tftrt."""
+    tftrt = profile.formats.tftrt
+    if tftrt is None:
+        return {}
+    path = opregistry.ensure_registry(tf_op_registry_cache(ws), tftrt.jetpack_tf_version, log)
+    return {tftrt.jetpack_tf_version: SourceInput(path, sha256_tree(path))}
+
+
+def plan_for(ws: Workspace, profile: Profile, recipe: LoadedRecipe, *, log: Log = _stderr) -> Plan:
+    """``log`` gets the progress lines of a first-time fetch (the op registry)."""
     source = resolve_source(recipe, ws.downloads_dir)
     calibration = recipe.file(recipe.recipe.calibration.path)
     return plan_build(PlanInputs(
@@ -41,6 +68,7 @@ def plan_for(ws: Workspace, profile: Profile, recipe: LoadedRecipe) -> Plan:
         calibration=SourceInput(calibration, sha256_tree(calibration)),
         builder_versions=builder_versions(ws),
         templates=device_templates(ws),
+        tf_op_registries=tf_op_registries(ws, profile, log),
     ))
 
 

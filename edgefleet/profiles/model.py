@@ -5,6 +5,7 @@ and everything downstream receives validated values.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -46,6 +47,25 @@ class Runtime(Strict):
                     "(numpy on armv7l: python3-numpy). The runtime venv sees the OS's site-packages, and deploy "
                     "checks the module is there before sending anything.")
     note: str | None = Field(None, description="How the runtime gets onto the device when not from wheels.")
+    # Runtimes measured by a device binary instead of the agent (Android's benchmark_model) only:
+    benchmark_binary: str | None = Field(
+        None, description="A local benchmark_model binary for the device (absolute path, or ~); default: the one "
+                          "the android.aar step builds.")
+    op_profiling: bool = Field(False, description="Run benchmark_model with --enable_op_profiling=true: each result "
+                                                  "says how many nodes ran on the delegate and how many on the CPU.")
+
+    @field_validator("benchmark_binary")
+    @classmethod
+    def _binary_exists(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            raise ValueError(f"runtime.benchmark_binary {value!r} must be an absolute path (or start with ~)")
+        if not path.is_file():
+            raise ValueError(f"runtime.benchmark_binary {value!r}: no such file; build it (invoke build) or fix "
+                             "the path")
+        return str(path)
 
     @field_validator("name")
     @classmethod
@@ -64,6 +84,9 @@ class Runtime(Strict):
                              f"(it comes from: {', '.join(sources)})")
         if self.provided_by == "wheelhouse" and self.packages and not self.platform_tags:
             raise ValueError("runtime.platform_tags is required when packages come from the wheelhouse")
+        if (self.benchmark_binary or self.op_profiling) and runtime_for_profile(self.name).agent:
+            raise ValueError(f"runtime.benchmark_binary and runtime.op_profiling apply to runtimes measured by a "
+                             f"device binary (tflite-benchmark-model); {self.name!r} runs in the agent")
         return self
 
 

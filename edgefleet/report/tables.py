@@ -112,6 +112,7 @@ class ReportTable:
     regression_threshold: float = 0.10
     accuracy_metric: str | None = None
     devices: tuple[DeviceRow, ...] = ()
+    same_as: tuple[tuple[str, str, str, str], ...] = ()  # (run, device, variant, measured as)
 
     @property
     def any_emulated(self) -> bool:
@@ -275,7 +276,8 @@ def build_table(db: ResultsDB, run_ids: Sequence[str], *, baseline_run: str | No
         rows = _compare(rows, baseline, regression_threshold)
     return ReportTable(rows=tuple(rows), runs=tuple(RunSummary.from_record(r) for r in runs),
                        baseline_run=baseline_run, regression_threshold=regression_threshold,
-                       accuracy_metric=metric, devices=build_devices(runs, cells))
+                       accuracy_metric=metric, devices=build_devices(runs, cells),
+                       same_as=tuple(db.same_as(run_ids)))
 
 
 CSV_FIELDS = tuple(f for f in ReportRow.__dataclass_fields__)

@@ -80,6 +80,14 @@ CREATE TABLE IF NOT EXISTS accuracy (
     evaluator TEXT NOT NULL,
     PRIMARY KEY (run_id, device, cell, variant, metric)
 );
+-- Variants a deploy measured under another name because their files were byte for byte the same.
+CREATE TABLE IF NOT EXISTS same_as (
+    run_id      TEXT NOT NULL,
+    device      TEXT NOT NULL,
+    variant     TEXT NOT NULL,
+    measured_as TEXT NOT NULL,
+    PRIMARY KEY (run_id, device, variant)
+);
 """
 
 
@@ -236,6 +244,16 @@ class ResultsDB:
             "UPDATE runs SET state = ?, started = ?, updated = ?, cells_done = ?, cells_total = ?, error = ? "
             "WHERE run_id = ? AND device = ?",
             (state, started, updated, cells_done, cells_total, error, run_id, device))
+
+    def set_same_as(self, run_id: str, device: str, same_as: dict[str, str]) -> None:
+        self._conn.executemany("INSERT OR REPLACE INTO same_as VALUES (?, ?, ?, ?)",
+                               [(run_id, device, variant, other) for variant, other in sorted(same_as.items())])
+
+    def same_as(self, run_ids: Sequence[str] | None = None) -> list[tuple[str, str, str, str]]:
+        """(run_id, device, variant, measured_as) for variants measured under another name."""
+        where, args = self._where_runs(run_ids)
+        rows = self._conn.execute(f"SELECT * FROM same_as {where} ORDER BY run_id, device, variant", args)
+        return [(r["run_id"], r["device"], r["variant"], r["measured_as"]) for r in rows]
 
     def runs(self, run_ids: Sequence[str] | None = None) -> list[RunRecord]:
         where, args = self._where_runs(run_ids)

@@ -174,6 +174,8 @@ def ingest_run_dir(db: ResultsDB, run_dir: Path, quarantine_dir: Path) -> Ingest
     summary = ingest_log(db, device, run_id, results.read_bytes() if results.exists() else b"", quarantine_dir)
     with db.transaction():
         db.ensure_run(run_id, device, emulated=bool(run.get("emulated")))
+        if isinstance(run.get("same_as"), dict):
+            db.set_same_as(run_id, device, {str(k): str(v) for k, v in run["same_as"].items()})
     status = run_dir / "status.json"
     if status.exists():
         ingest_status(db, device, run_id, status.read_bytes())

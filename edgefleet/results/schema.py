@@ -27,14 +27,15 @@ class LatencyStats(_Tolerant):
     std: NonNegativeFloat
     min: NonNegativeFloat
     max: NonNegativeFloat
-    p50: NonNegativeFloat
-    p90: NonNegativeFloat
-    p99: NonNegativeFloat
+    # None where the tool that measured printed no percentiles (TFLite's benchmark_model): never invented.
+    p50: NonNegativeFloat | None
+    p90: NonNegativeFloat | None
+    p99: NonNegativeFloat | None
 
     @model_validator(mode="after")
     def _ordered(self) -> LatencyStats:
         # Percentiles of one sample are ordered; anything else is a corrupt line, not a measurement.
-        ordered = (self.min, self.p50, self.p90, self.p99, self.max)
+        ordered = [v for v in (self.min, self.p50, self.p90, self.p99, self.max) if v is not None]
         slack = 1e-9 * max(self.max, 1.0)  # an older numpy's interpolation may round by an ulp
         if any(a > b + slack for a, b in zip(ordered, ordered[1:])):
             raise ValueError("latency statistics are not ordered min <= p50 <= p90 <= p99 <= max")

@@ -1,4 +1,5 @@
-"""``android.aar``: build the TensorFlow Lite AARs (CPU and GPU delegate) from TensorFlow source with Bazel.
+"""``android.aar``: build the TensorFlow Lite AARs (CPU and GPU delegate) and TFLite's ``benchmark_model``
+binary (what measures on a phone without Python) from TensorFlow source with Bazel.
 
 Runs in the android-aar builder image, which provides Bazel, the Android SDK and NDK
 r21e and a configured TensorFlow source tree. Bazel still downloads TensorFlow's
@@ -25,28 +26,37 @@ TARGETS = {
     "tensorflow-lite.aar": "//tensorflow/lite/java:tensorflow-lite",
     "tensorflow-lite-gpu.aar": "//tensorflow/lite/java:tensorflow-lite-gpu",
 }
+BENCHMARK_TARGET = "//tensorflow/lite/tools/benchmark:benchmark_model"
+# ABI -> TensorFlow's .bazelrc config that cross-compiles a binary for it (the AARs use --fat_apk_cpu instead).
+BENCHMARK_CONFIGS = {"arm64-v8a": "android_arm64", "armeabi-v7a": "android_arm", "x86_64": "android_x86_64"}
 # Bazel fetches TensorFlow's external repositories from GitHub and Google's mirrors.
 NETWORK_PROBES = (("github.com", 443), ("storage.googleapis.com", 443))
 PROBE_TIMEOUT_S = 3.0
 
 
 def android_aar(ctx: StepContext) -> StepResult:
-    abis = _abis(ctx.params.get("abis", list(DEFAULT_ABIS)))
+    # The planner passes the profile's fat_apk_cpu; "abis" is the older name of the same list.
+    abis = _abis(ctx.params.get("fat_apk_cpu", ctx.params.get("abis", list(DEFAULT_ABIS))))
     env = os.environ
     missing = missing_prerequisites(env)
     if missing:
         raise ToolUnavailableError("android.aar cannot build here; it needs " + "; ".join(missing))
     source = Path(env["EDGEFLEET_TF_SOURCE"])
     with tempfile.TemporaryDirectory(prefix="bazel-") as tmp:
-        command = bazel_command(abis, Path(tmp))
-        code, lines = run_logged(command, ctx.log, cwd=source)
-        if code != 0:
-            raise BuildError("android.aar: the Bazel build failed", command=command, returncode=code, log=lines)
+        _bazel(bazel_command(abis, Path(tmp)), source, ctx)
         for name in TARGETS:
             shutil.copy2(Path(tmp) / "out-bin" / "tensorflow" / "lite" / "java" / name, ctx.out_dir / name)
+        # Second build, same output root (its cache is shared): the binaries, one config per ABI. The out-bin
+        # link now points at that config's outputs, so the AARs were copied first.
+        binaries = []
+        for abi in (a for a in abis if a in BENCHMARK_CONFIGS):
+            _bazel(benchmark_command(abi, Path(tmp)), source, ctx)
+            binaries.append(f"benchmark_model-{abi}")
+            shutil.copy2(Path(tmp) / "out-bin" / "tensorflow" / "lite" / "tools" / "benchmark" / "benchmark_model",
+                         ctx.out_dir / binaries[-1])
     return StepResult(
-        files=list(TARGETS),
-        report={"abis": list(abis), "targets": list(TARGETS.values())},
+        files=[*TARGETS, *binaries],
+        report={"abis": list(abis), "targets": [*TARGETS.values(), BENCHMARK_TARGET], "benchmark_model": binaries},
         tool_versions={"bazel": _bazel_version(), "tensorflow_source": env.get("EDGEFLEET_TF_SOURCE_TAG", "unknown"),
                        "ndk": Path(env["ANDROID_NDK_HOME"]).name},
     )
@@ -64,6 +74,20 @@ def bazel_command(abis: tuple[str, ...], workdir: Path) -> list[str]:
         f"--symlink_prefix={workdir}/out-",
         *TARGETS.values(),
     ]
+
+
+def benchmark_command(abi: str, workdir: Path) -> list[str]:
+    """TFLite's benchmark_model for one ABI, in the AAR build's output root so the two share Bazel's cache."""
+    return [
+        "bazel", f"--output_user_root={workdir}/root", "build", "-c", "opt", f"--config={BENCHMARK_CONFIGS[abi]}",
+        f"--symlink_prefix={workdir}/out-", BENCHMARK_TARGET,
+    ]
+
+
+def _bazel(command: list[str], source: Path, ctx: StepContext) -> None:
+    code, lines = run_logged(command, ctx.log, cwd=source)
+    if code != 0:
+        raise BuildError("android.aar: the Bazel build failed", command=command, returncode=code, log=lines)
 
 
 def _abis(value: object) -> tuple[str, ...]:

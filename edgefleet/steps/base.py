@@ -40,6 +40,8 @@ class StepResult:
     # False when the fidelity gate (or another check) failed: the artifact is kept but marked invalid.
     valid: bool = True
     invalid_reasons: list[str] = field(default_factory=list)
+    # Files a device needs beside the primary one (deploy ships them into the same folder).
+    device_files: list[str] = field(default_factory=list)
 
 
 StepFunction = Callable[[StepContext], StepResult]

@@ -54,12 +54,12 @@ def _register_all() -> None:
         StepKind("edgetpu.preflight", "tf", "edgefleet.steps.edgetpu:edgetpu_preflight"),
         StepKind("edgetpu.compile", "edgetpu", "edgefleet.steps.edgetpu:edgetpu_compile"),
         StepKind("tftrt.freeze", "tftrt-prep", "edgefleet.steps.tftrt:tftrt_freeze"),
-        StepKind("tftrt.rewrite", "tftrt-prep", "edgefleet.steps.tftrt:tftrt_rewrite"),
+        StepKind("tftrt.rewrite", "tftrt-prep", "edgefleet.steps.tftrt:tftrt_rewrite", version=2),  # + script beside
         StepKind("tftrt.device_script", "tftrt-prep", "edgefleet.steps.tftrt:tftrt_device_script"),
         StepKind("runtime.wheelhouse", "runtime", "edgefleet.steps.runtime:runtime_wheelhouse"),
         # Needs PyPI (the pinned runtime's x86_64 wheel) but no converter: the runtime image has both.
         StepKind("tflite.runtime_compat", "runtime", "edgefleet.steps.compat:tflite_runtime_compat"),
-        StepKind("android.aar", "android-aar", "edgefleet.steps.android:android_aar"),
+        StepKind("android.aar", "android-aar", "edgefleet.steps.android:android_aar", version=2),  # + benchmark_model
         # Not planned: it probes the environment a backend gives its steps, in any builder (tf has TensorFlow
         # for params.convert).
         StepKind("probe.env", "tf", "edgefleet.steps.probe:probe_env"),

@@ -2,17 +2,24 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import shutil
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.errors import BuildError
 from edgefleet.steps.base import StepContext, StepResult
+from edgefleet.tftrt.device_script import SCRIPT_NAME
+
+if TYPE_CHECKING:
+    from edgefleet.tftrt.opregistry import OpRegistry, TargetCheck
 
 GRAPH_FILE = "frozen.pb"
 GRAPH_INFO_FILE = "graph.json"
 
 
 def tftrt_freeze(ctx: StepContext) -> StepResult:
-    """Input "model": a .keras/.h5 file or a SavedModel dir. Params: signature_key, batch_size, target_tf_version."""
+    """Input "model": a .keras/.h5 file or a SavedModel dir; optional "op_registry": the JSON registry of
+    the device's TF (planned whenever there is one), which the graph is fitted to and checked against.
+    Params: signature_key, batch_size, target_tf_version."""
     from edgefleet.tftrt.freeze import DEFAULT_TARGET_TF_VERSION, freeze_model, write_graph
 
     batch_size = ctx.params.get("batch_size")
@@ -23,6 +30,7 @@ def tftrt_freeze(ctx: StepContext) -> StepResult:
         signature_key=str(ctx.params.get("signature_key", "serving_default")),
         batch_size=batch_size,
         target_tf_version=str(ctx.params.get("target_tf_version", DEFAULT_TARGET_TF_VERSION)),
+        registry=_registry(ctx),
     )
     write_graph(graph_def, ctx.out_dir / GRAPH_FILE)
     (ctx.out_dir / GRAPH_INFO_FILE).write_text(info.model_dump_json(indent=2))
@@ -31,17 +39,27 @@ def tftrt_freeze(ctx: StepContext) -> StepResult:
     warnings = info.warnings()
     for warning in warnings:
         ctx.log(f"warning: {warning}")
+    check = info.target_check
+    if check is not None:
+        _log_check(ctx, check)
     return StepResult(
-        files=[GRAPH_FILE, GRAPH_INFO_FILE],
+        files=[GRAPH_FILE, GRAPH_INFO_FILE], device_files=[GRAPH_INFO_FILE],
         report={"inputs": [t.name for t in info.inputs], "outputs": [t.name for t in info.outputs],
-                "node_count": info.node_count, "target_tf_version": info.target_tf_version, "warnings": warnings},
+                "node_count": info.node_count, "target_tf_version": info.target_tf_version, "warnings": warnings,
+                **({"target_check": check.model_dump()} if check is not None else {})},
         tool_versions={"tensorflow": info.tf_version},
+        valid=check is None or check.passed,
+        invalid_reasons=list(check.problems) if check is not None else [],
     )
 
 
 def tftrt_rewrite(ctx: StepContext) -> StepResult:
-    """Input "graph": frozen.pb. Params: relu6_replace, nms_on_cpu, remove_asserts (booleans)."""
+    """Input "graph": frozen.pb; optional "graph_info" (graph.json) and "script" (tftrt_convert.py), copied
+    beside the rewritten graph so the device has what it converts and runs with; optional "op_registry",
+    which the rewritten graph is checked against like the frozen one. Params: relu6_replace,
+    nms_on_cpu, remove_asserts (booleans)."""
     from edgefleet.tftrt.freeze import read_graph, write_graph
+    from edgefleet.tftrt.opregistry import fit_graph
     from edgefleet.tftrt.rewrites import force_nms_on_cpu, remove_asserts, replace_relu6
 
     # Relu6 replacement helped only old TensorRT; newer TensorRT is faster without it, so it is opt-in.
@@ -61,10 +79,20 @@ def tftrt_rewrite(ctx: StepContext) -> StepResult:
         ctx.log(f"{name}: +{len(summary.added_nodes)} nodes, -{len(summary.removed_nodes)} nodes, "
                 f"{len(summary.changed_nodes)} changed, {summary.removed_control_inputs} control inputs dropped")
     _check_imports(graph_def)
+    # The rewrites add nodes of their own: the graph the device gets is checked, not just its source.
+    registry = _registry(ctx)
+    check = fit_graph(graph_def, registry) if registry is not None else None
+    if check is not None:
+        _log_check(ctx, check)
     write_graph(graph_def, ctx.out_dir / GRAPH_FILE)
-    return StepResult(files=[GRAPH_FILE], report={
-        "nodes_before": nodes_before, "nodes_after": len(graph_def.node), "rewrites": summaries,
-        "enabled": {name: enabled for name, (enabled, _) in chosen.items()}})
+    beside = _copy_beside(ctx, {"graph_info": GRAPH_INFO_FILE, "script": SCRIPT_NAME})
+    report = {"nodes_before": nodes_before, "nodes_after": len(graph_def.node), "rewrites": summaries,
+              "enabled": {name: enabled for name, (enabled, _) in chosen.items()}}
+    if check is not None:
+        report["target_check"] = check.model_dump()
+    return StepResult(files=[GRAPH_FILE, *beside], device_files=beside, report=report,
+                      valid=check is None or check.passed,
+                      invalid_reasons=list(check.problems) if check is not None else [])
 
 
 def tftrt_device_script(ctx: StepContext) -> StepResult:
@@ -75,7 +103,7 @@ def tftrt_device_script(ctx: StepContext) -> StepResult:
     """
     from pydantic import ValidationError
 
-    from edgefleet.tftrt.device_script import SCRIPT_NAME, TrtSettings, render_device_script
+    from edgefleet.tftrt.device_script import TrtSettings, render_device_script
 
     params = dict(ctx.params)
     output_nodes = params.pop("output_nodes", None)
@@ -100,6 +128,16 @@ def tftrt_device_script(ctx: StepContext) -> StepResult:
                 f"python3 {SCRIPT_NAME} next to {graph_file}; it fails loudly if TensorRT does not engage"})
 
 
+def _copy_beside(ctx: StepContext, names: dict[str, str]) -> list[str]:
+    """Copy the optional inputs the device needs next to the graph, under their usual file names."""
+    copied = []
+    for name, file_name in names.items():
+        if name in ctx.inputs:
+            shutil.copyfile(ctx.input(name), ctx.out_dir / file_name)
+            copied.append(file_name)
+    return copied
+
+
 def _output_nodes(ctx: StepContext) -> Any:
     path = ctx.input("graph_info")
     try:
@@ -107,6 +145,24 @@ def _output_nodes(ctx: StepContext) -> Any:
         return [t["node"] for t in info["outputs"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BuildError(f"cannot read the output nodes from {path.name}: {exc}") from None
+
+
+def _registry(ctx: StepContext) -> OpRegistry | None:
+    from edgefleet.tftrt.opregistry import load_registry
+
+    return load_registry(ctx.input("op_registry")) if "op_registry" in ctx.inputs else None
+
+
+def _log_check(ctx: StepContext, check: TargetCheck) -> None:
+    version = check.tensorflow_version
+    if check.stripped_attrs:
+        ctx.log(f"dropped attrs TF {version} does not know, all at their defaults: "
+                f"{', '.join(f'{k} ({n})' for k, n in check.stripped_attrs.items())}")
+    if check.passed:
+        ctx.log(f"every op and attr is known to TF {version} (GraphDef producer "
+                f"{check.producer_graph_def_version}; TF {version} reads version {check.consumer_graph_def_version})")
+    for problem in check.problems:
+        ctx.log(f"INVALID for TF {version}: {problem}")
 
 
 def _check_imports(graph_def: Any) -> None:

@@ -2,8 +2,10 @@
 
 JetPack 4 ships a TF1 runtime whose TF-TRT entry point (``TrtGraphConverter``) takes
 a frozen GraphDef plus the names of the output nodes. Freezing happens here, on the
-host, with whatever TF is installed; the record keeps both versions because the
-device's older TF must understand every op the newer one wrote.
+host, with whatever TF is installed; the device's older TF must understand every op
+and attribute the newer one wrote. Given the device release's op registry, freezing
+drops the attributes that release does not know where they hold their default, and
+records what remains wrong (edgefleet.tftrt.opregistry).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from edgefleet.errors import BuildError
+from edgefleet.tftrt.opregistry import OpRegistry, TargetCheck, fit_graph
 
 if TYPE_CHECKING:
     from tensorflow.core.framework.graph_pb2 import GraphDef
@@ -43,23 +46,33 @@ class FrozenGraphInfo(BaseModel):
     target_tf_version: str
     node_count: int
     op_types: list[str]
+    # The check against the device release's op registry; None when frozen without one.
+    target_check: TargetCheck | None = None
 
     @property
     def output_nodes(self) -> list[str]:
         return [t.node for t in self.outputs]
 
     def warnings(self) -> list[str]:
+        if self.target_check is not None:
+            return self.target_check.warnings()
         host_major = self.tf_version.split(".")[0]
         target_major = self.target_tf_version.split(".")[0]
         if host_major != target_major:
             return [f"frozen with TF {self.tf_version} but the device runs TF {self.target_tf_version}: every op "
-                    f"type in op_types must exist in TF {self.target_tf_version}, or the graph will not import there"]
+                    f"type in op_types must exist in TF {self.target_tf_version}, or the graph will not import there "
+                    "(not checked: frozen without that release's op registry)"]
         return []
 
 
 def freeze_model(source: Path, *, signature_key: str = "serving_default", batch_size: int | None = None,
-                 target_tf_version: str = DEFAULT_TARGET_TF_VERSION) -> tuple[GraphDef, FrozenGraphInfo]:
-    """Freeze a ``.keras``/``.h5`` file or a SavedModel directory into a constant-only GraphDef."""
+                 target_tf_version: str = DEFAULT_TARGET_TF_VERSION,
+                 registry: OpRegistry | None = None) -> tuple[GraphDef, FrozenGraphInfo]:
+    """Freeze a ``.keras``/``.h5`` file or a SavedModel directory into a constant-only GraphDef.
+
+    With ``registry`` (the op registry of ``target_tf_version``), the graph is fitted to that release
+    and ``info.target_check`` says what was dropped and what still keeps it from importing there.
+    """
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
@@ -79,6 +92,10 @@ def freeze_model(source: Path, *, signature_key: str = "serving_default", batch_
         raise BuildError(f"freezing {source.name} failed: {type(exc).__name__}: {exc}") from None
     del owner
     graph_def = frozen.graph.as_graph_def()
+    if registry is not None and registry.tensorflow_version != target_tf_version:
+        raise BuildError(f"the op registry given is TF {registry.tensorflow_version}'s, but the graph is for "
+                         f"TF {target_tf_version}")
+    target_check = fit_graph(graph_def, registry) if registry is not None else None
     info = FrozenGraphInfo(
         source_format=source_format,
         inputs=[_tensor_info(t) for t in frozen.inputs if t.dtype != tf.resource],
@@ -87,6 +104,7 @@ def freeze_model(source: Path, *, signature_key: str = "serving_default", batch_
         target_tf_version=target_tf_version,
         node_count=len(graph_def.node),
         op_types=sorted({n.op for n in graph_def.node}),
+        target_check=target_check,
     )
     return graph_def, info
 

@@ -17,6 +17,7 @@ from edgefleet.errors import TransportError
 from edgefleet.transport.base import (
     CommandTimeout,
     Progress,
+    ResumeRefused,
     RunResult,
     TransportBase,
     TransportUnavailable,
@@ -29,6 +30,11 @@ from edgefleet.transport.connections import AdbConnection
 
 ADB_WORKDIR = "/data/local/tmp/edgefleet"
 """The one place an unrooted Android device lets a shell user write and execute files."""
+
+# How a phone hashes a file, in the order tried: toybox links sha256sum on most Android releases; where the
+# link is missing the applet may still answer as `toybox sha256sum`.
+SHA256_COMMANDS = (("sha256sum",), ("toybox", "sha256sum"))
+_NOT_FOUND = (126, 127)
 
 # adb's own failures (as opposed to the remote command's) start with these.
 _ADB_LOST = ("error: device offline", "error: no devices", "error: device '", "adb: device offline",
@@ -56,6 +62,17 @@ def push_argv(adb_path: str, serial: str | None, local: Path, remote: str) -> li
 
 def pull_argv(adb_path: str, serial: str | None, remote: str, local: Path) -> list[str]:
     return adb_argv(adb_path, serial, "pull", remote, str(local))
+
+
+def sha256_argv(path: str, tool: Sequence[str] = SHA256_COMMANDS[0]) -> list[str]:
+    return [*tool, "--", path]
+
+
+def parse_sha256(stdout: str) -> str | None:
+    """The hex digest at the start of sha256sum's line, or None when the output is not one."""
+    words = stdout.split()
+    digest = words[0].lstrip("\\").lower() if words else ""
+    return digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else None
 
 
 def parse_devices(output: str) -> list[AdbDevice]:
@@ -157,6 +174,30 @@ class AdbTransport(TransportBase):
                        f"upload of {local} to {remote}")
         if progress is not None:
             progress(size, size)  # adb reports progress only to a terminal
+
+    def put_hashed(self, local: Path, remote: str, *, progress: Progress | None = None,
+                   offset: int = 0) -> str | None:
+        """Push, flush, and return the sha256 the phone computes of ``remote`` (None: no hashing tool there).
+
+        deploy/upload.py compares it with the local file's before renaming the file into place."""
+        if offset:
+            raise ResumeRefused(f"{self.describe()}: adb push cannot continue a partial file; sending "
+                                f"{Path(local).name} whole")
+        self.put(local, remote, progress=progress)
+        self.run(["sync"], check=False)  # toybox's sync flushes every filesystem: the file is on storage
+        return self.sha256(remote)
+
+    def sha256(self, remote: str) -> str | None:
+        """The phone's sha256 of ``remote``: ``sha256sum``, else ``toybox sha256sum``; None when it has neither."""
+        for tool in SHA256_COMMANDS:
+            result = self.run(sha256_argv(remote, tool), check=False)
+            digest = parse_sha256(result.stdout) if result.returncode == 0 else None
+            if digest is not None:
+                return digest
+            if result.returncode not in _NOT_FOUND and tool != SHA256_COMMANDS[-1]:
+                raise TransportError(f"{self.describe()}: `{shlex.join(sha256_argv(remote, tool))}` failed: "
+                                     f"{(result.stderr or result.stdout).strip()[-300:] or result.returncode}")
+        return None
 
     def get(self, remote: str, local: Path) -> None:
         self._transfer(pull_argv(self.connection.adb_path, self.serial, remote, Path(local)),
