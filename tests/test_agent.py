@@ -16,6 +16,7 @@ from agent_fixtures import (FAST_BENCH, AgentRun, Models, agent_status, main_cel
 
 from edgefleet.agent.efagent.inputs import to_input
 from edgefleet.agent.efagent.locks import RunLock
+from edgefleet.results.samples import decode_samples
 from edgefleet.results.schema import ResultLine
 
 pytest_plugins = ["agent_fixtures"]
@@ -34,10 +35,20 @@ def test_main_run_lines_validate_and_honour_the_stopping_rule(agent_run: AgentRu
         assert line.latency_ms.mean * line.runs <= line.duration_s * 1000.0 * 1.001
         assert line.stopped_by == "min_runs_and_duration"
         assert line.first_inference_ms > 0 and line.load_ms > 0
-        assert line.warmup_runs == FAST_BENCH["warmup_runs"]
+        # The warm-up is adaptive: at least the configured runs, at most its cap, and it says why it stopped.
+        assert line.warmup_min_runs == FAST_BENCH["warmup_runs"]
+        assert FAST_BENCH["warmup_runs"] <= line.warmup_runs <= raw["warmup_max_runs"] == 200
+        assert raw["warmup_stopped_by"] in ("settled", "duration", "warmup_max_runs")
         assert line.emulated is True and line.env["emulated"] is True
         assert line.cv == pytest.approx(line.latency_ms.std / line.latency_ms.mean)
-        assert line.unstable == (line.cv > FAST_BENCH["cv_threshold"])
+        _assert_robust_verdict(line)
+        # Every timed run is in the line, as measured.
+        assert len(decode_samples(raw["samples"])) == line.runs
+        assert np.median(decode_samples(raw["samples"])) == pytest.approx(line.latency_ms.p50, rel=1e-6)
+        floor = line.env["noise_floor"]
+        assert floor["calls"] == 1000 and 0 <= floor["p50_ms"] < line.latency_ms.p50 and floor["iqr_ms"] >= 0
+        assert line.device_state["board"]["before"].keys() == {"vcgencmd", "nvpmodel", "devfreq",
+                                                               "android_thermal_status"}
         assert line.peak_rss_kb >= line.rss_before_kb > 0
         assert line.env["runtime"]["module"] == "ai_edge_litert.interpreter"
         assert line.env["python"] and line.env["numpy"] and line.env["cpu_count"] >= 1
@@ -47,7 +58,27 @@ def test_main_run_lines_validate_and_honour_the_stopping_rule(agent_run: AgentRu
         assert line.inputs["source"] == "samples"
     status = json.loads((agent_run.run_dir / "status.json").read_text())
     assert status["state"] == "done" and status["cells_done"] == status["cells_total"] == 4
+    # The pause between cells: none before the first, at most cooldown_s before the others.
+    assert lines[0]["cooldown"] is None
+    for raw in lines[1:]:
+        assert raw["cooldown"]["mode"] in ("fixed", "thermal")
+        assert raw["cooldown"]["waited_s"] <= FAST_BENCH["cooldown_s"] + 0.5
     assert {(raw["variant"], raw["threads"]) for raw in lines} == {(v, t) for v in ("fp32", "int8") for t in (1, 2)}
+
+
+def _assert_robust_verdict(line: ResultLine) -> None:
+    """unstable is exactly "some reason", and each reason is what the line's own numbers say."""
+    stats = line.latency_ms.model_extra
+    assert line.latency_ms.min <= stats["trimmed_mean"] <= line.latency_ms.max
+    assert stats["iqr"] == pytest.approx(stats["p75"] - stats["p25"])
+    assert line.robust_cv == pytest.approx(stats["iqr"] / (1.349 * line.latency_ms.p50))
+    assert line.p99_over_p50 == pytest.approx(line.latency_ms.p99 / line.latency_ms.p50)
+    assert line.unstable == bool(line.unstable_reasons)
+    assert set(line.unstable_reasons) <= {"cv", "drift", "frequency"}
+    assert ("cv" in line.unstable_reasons) <= (line.robust_cv > FAST_BENCH["cv_threshold"])
+    assert ("drift" in line.unstable_reasons) == bool(line.drift.drifting)
+    assert line.hot is False  # FAST_BENCH sets no temperature limit
+    assert line.throttled == bool(line.throttle_reasons)
 
 
 def test_quantized_uint8_input_gets_the_tensors_own_quantization(agent_run: AgentRun) -> None:
@@ -102,6 +133,7 @@ def test_runtime_missing_and_broken_cells_are_reported_never_as_zero(
         if line["status"] != "ok":
             assert line["reason"]
             assert line["latency_ms"] is None and line["runs"] is None and line["first_inference_ms"] is None
+            assert line["samples"] is None and line["unstable_reasons"] is None and line["throttled"] is None
     assert "tensorrt" in lines["tensorrt"]["reason"]
     assert "libedgetpu.so.1" in lines["edgetpu"]["reason"]
     assert "do not match" in lines["bad-shape"]["reason"]

@@ -3,7 +3,10 @@
 edgetpu_compiler cannot be installed on this machine (Coral ships it only for x86-64
 Debian/Ubuntu through its own apt repository, which is unreachable here), so the compile
 tests put a fake compiler SCRIPT on PATH that stands in for it: it prints one of the
-recorded real compiler logs and writes an output file of a chosen size.
+recorded real compiler logs and writes a chosen output, normally a structural stand-in of a
+compiled model (tests/edgetpu_standin.py: a real TFLite flatbuffer whose mapped part is one
+edgetpu-custom-op) with the ops and size that log reports. Unless a test wants a foreign log, the
+log's "Input model"/"Output model" lines name this run's files, as the real compiler's would.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from edgetpu_standin import standin_compiled_model
 
 from edgefleet.errors import ToolUnavailableError
 
@@ -208,17 +212,25 @@ def fake_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[.
     bin_dir = tmp_path / "fake-bin"
     bin_dir.mkdir()
 
-    def install(log_name: str, out_bytes: int, returncode: int = 0) -> Path:
+    def install(log_name: str, output: bytes, returncode: int = 0, *, foreign: bool = False) -> Path:
+        (bin_dir / "output.bin").write_bytes(output)
         script = bin_dir / "edgetpu_compiler"
         script.write_text(
             f"#!{sys.executable}\n"
             "# Stand-in for the real edgetpu_compiler (not installable here): replays a recorded real log.\n"
-            "import sys, pathlib\n"
+            "import sys, pathlib, shutil\n"
             "args = sys.argv[1:]\n"
             "out = pathlib.Path(args[args.index('-o') + 1])\n"
-            "model = pathlib.Path(args[-1])\n"
-            f"pathlib.Path(out / (model.stem + '_edgetpu.tflite')).write_bytes(b'\\x01' * {out_bytes})\n"
-            f"print(pathlib.Path({str(LOGS / log_name)!r}).read_text())\n"
+            "model = args[-1]\n"
+            "written = out / (pathlib.Path(model).stem + '_edgetpu.tflite')\n"
+            f"shutil.copyfile({str(bin_dir / 'output.bin')!r}, written)\n"
+            f"text = pathlib.Path({str(LOGS / log_name)!r}).read_text()\n"
+            f"if not {foreign!r}:  # the paths of this run, as the real compiler prints them\n"
+            "    lines = [('Input model: ' + model) if l.startswith('Input model:') else\n"
+            "             ('Output model: ' + str(written)) if l.startswith('Output model:') else l\n"
+            "             for l in text.splitlines()]\n"
+            "    text = '\\n'.join(lines)\n"
+            "print(text)\n"
             f"sys.exit({returncode})\n")
         script.chmod(script.stat().st_mode | stat.S_IXUSR)
         monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -233,10 +245,18 @@ def _logged_output_bytes(log_name: str) -> int:
     return size.approx_bytes
 
 
+def _standin_for(log_name: str, size: int | None = None) -> bytes:
+    """The stand-in compiled model a log describes: one edgetpu-custom-op plus the ops its table leaves unmapped."""
+    report = parse_compiler_log((LOGS / log_name).read_text())
+    cpu = [row.operator for row in report.rows if not row.mapped for _ in range(row.count)]
+    return standin_compiled_model(["edgetpu", *cpu], pad_to_bytes=_logged_output_bytes(log_name) if size is None
+                                  else size)
+
+
 def test_compile_with_fake_compiler_parses_and_writes_the_report(models: dict[str, Path], tmp_path: Path,
                                                                  fake_compiler: Callable[..., Path]) -> None:
     log_name = "mobilenet_v2_integer_quant.log"
-    fake_compiler(log_name, _logged_output_bytes(log_name))
+    fake_compiler(log_name, _standin_for(log_name))
     out = tmp_path / "out"
     result = compile_model(models["leaky"], out, log=lambda line: None)
     assert result.compiled and result.returncode == 0
@@ -252,7 +272,7 @@ def test_compile_with_fake_compiler_parses_and_writes_the_report(models: dict[st
 
 def test_exit_zero_with_stub_output_is_a_failure(models: dict[str, Path], tmp_path: Path,
                                                  fake_compiler: Callable[..., Path]) -> None:
-    fake_compiler("mobilenet_v2_full_integer_quant.log", 16)
+    fake_compiler("mobilenet_v2_full_integer_quant.log", b"\x01" * 16)
     with pytest.raises(BuildError, match="16-byte stub") as info:
         compile_model(models["clean"], tmp_path / "out", log=lambda line: None)
     assert info.value.returncode == 0 and info.value.command is not None
@@ -260,14 +280,14 @@ def test_exit_zero_with_stub_output_is_a_failure(models: dict[str, Path], tmp_pa
 
 def test_output_that_is_not_the_logged_size_is_a_failure(models: dict[str, Path], tmp_path: Path,
                                                          fake_compiler: Callable[..., Path]) -> None:
-    fake_compiler("mobilenet_v2_full_integer_quant.log", 100_000)
+    fake_compiler("mobilenet_v2_full_integer_quant.log", _standin_for("mobilenet_v2_full_integer_quant.log", 100_000))
     with pytest.raises(BuildError, match="compiler logged an output size of 2.77MiB"):
         compile_model(models["clean"], tmp_path / "out", log=lambda line: None)
 
 
 def test_nonzero_exit_is_a_failure_with_the_log(models: dict[str, Path], tmp_path: Path,
                                                 fake_compiler: Callable[..., Path]) -> None:
-    fake_compiler("yolov3-tiny_int8.partial.log", 0, returncode=1)
+    fake_compiler("yolov3-tiny_int8.partial.log", b"", returncode=1)
     with pytest.raises(BuildError, match="edgetpu_compiler failed") as info:
         compile_model(models["clean"], tmp_path / "out", log=lambda line: None)
     assert info.value.returncode == 1
@@ -308,7 +328,7 @@ def test_compile_step_without_compiler(models: dict[str, Path], tmp_path: Path,
 def test_compile_step_with_partial_mapping_stays_valid(models: dict[str, Path], tmp_path: Path,
                                                        fake_compiler: Callable[..., Path]) -> None:
     log_name = "yolov3-tiny_int8.partial.log"
-    fake_compiler(log_name, _logged_output_bytes(log_name))
+    fake_compiler(log_name, _standin_for(log_name))
     result = edgetpu_compile(_ctx("edgetpu_compile", models["leaky"], tmp_path, num_segments=1))
     assert result.files == ["leaky_edgetpu.tflite", "compile.json", "compiler.log"]
     assert result.valid and result.invalid_reasons == []
@@ -322,7 +342,29 @@ def test_compile_step_with_partial_mapping_stays_valid(models: dict[str, Path], 
 def test_compile_step_fully_mapped(models: dict[str, Path], tmp_path: Path,
                                    fake_compiler: Callable[..., Path]) -> None:
     log_name = "mobilenet_v2_full_integer_quant.log"
-    fake_compiler(log_name, _logged_output_bytes(log_name))
+    fake_compiler(log_name, _standin_for(log_name))
     result = edgetpu_compile(_ctx("edgetpu_compile", models["clean"], tmp_path))
     assert result.report["fully_mapped"] is True and result.report["warnings"] == []
     assert LoggedSize.parse("2.77MiB").approx_bytes == (tmp_path / "clean_edgetpu.tflite").stat().st_size
+
+
+def test_compile_step_rejects_a_foreign_log(models: dict[str, Path], tmp_path: Path,
+                                            fake_compiler: Callable[..., Path]) -> None:
+    # The recorded log verbatim: it reports compiling /content/models/..., not this step's input.
+    log_name = "mobilenet_v2_full_integer_quant.log"
+    fake_compiler(log_name, _standin_for(log_name), foreign=True)
+    with pytest.raises(BuildError, match="not the compiled model its edgetpu_compiler log describes") as info:
+        edgetpu_compile(_ctx("edgetpu_compile", models["clean"], tmp_path))
+    message = str(info.value)
+    assert "'/content/models/mobilenet_v2_full_integer_quant1.tflite'" in message
+    assert repr(str(models["clean"])) in message
+    assert info.value.returncode == 0 and "Input model:" in "\n".join(info.value.log_tail)
+
+
+def test_compile_step_rejects_an_output_that_disagrees_with_its_log(models: dict[str, Path], tmp_path: Path,
+                                                                    fake_compiler: Callable[..., Path]) -> None:
+    # The log leaves QUANTIZE and DEQUANTIZE on the CPU; the output claims a full mapping.
+    log_name = "mobilenet_v2_integer_quant.log"
+    fake_compiler(log_name, standin_compiled_model(["edgetpu"], pad_to_bytes=_logged_output_bytes(log_name)))
+    with pytest.raises(BuildError, match="leaves DEQUANTIZE x1, QUANTIZE x1 on the CPU but the model holds no ops"):
+        edgetpu_compile(_ctx("edgetpu_compile", models["leaky"], tmp_path))

@@ -166,3 +166,86 @@ def test_profiles_are_frozen(tmp_path):
 
 def test_builtin_local_is_the_default_when_the_workspace_has_none(tmp_path):
     assert profile_paths(tmp_path / "targets")["local"].parent.name == "builtin"
+
+
+# --- hostile names, hosts and paths ----------------------------------------------------------
+
+def _ssh(host: str = "pi.local", user: str = "pi") -> str:
+    # json.dumps gives a YAML double-quoted scalar with every character escaped as \uXXXX where needed.
+    import json
+
+    return MINIMAL + f"transport:\n  kind: ssh\n  host: {json.dumps(host)}\n  user: {json.dumps(user)}\n"
+
+
+def _line_of(text: str, key: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if line.strip().startswith(f"{key}:"))
+
+
+@pytest.mark.parametrize("host", [
+    "evil; rm -rf /", "-oProxyCommand=x", "pi.local -oProxyCommand=x", "$(id)", "`id`", "pi\nlocal", "a b",
+    "user@pi.local", "pi.local:22", "pi..local", "pi.-local", "", "x" * 254, "pi\u202elacol", "pi\u2066.local",
+    "pi\u200b.local",
+])
+def test_transport_hosts_that_are_not_a_host_name_or_address_are_refused(tmp_path, host):
+    text = _ssh(host=host)
+    message = error_of(write(tmp_path, "dev", text))
+    assert f"dev.yaml:{_line_of(text, 'host')}:" in message and "transport.host" in message
+
+
+@pytest.mark.parametrize("host", ["pi.local", "raspberrypi", "my_pi", "192.0.2.10", "2001:db8::1", "fe80::1%eth0",
+                                  "board-1.lab.example.com."])
+def test_host_names_addresses_and_ssh_aliases_are_accepted(tmp_path, host):
+    profile = load_profile_file(write(tmp_path, "dev", _ssh(host=host)))
+    assert profile.profile.transport.host == host
+
+
+@pytest.mark.parametrize("user", [
+    "root$(id)", "-oProxyCommand=x", "pi;id", "Pi", "1pi", "pi user", "pi\u202e", "a" * 33, "pi@host", "",
+])
+def test_transport_users_that_are_not_posix_user_names_are_refused(tmp_path, user):
+    text = _ssh(user=user)
+    message = error_of(write(tmp_path, "dev", text))
+    assert f"dev.yaml:{_line_of(text, 'user')}:" in message and "transport.user" in message
+
+
+@pytest.mark.parametrize("user", ["pi", "_edge", "ci-runner_2", "machine$", "a" * 32])
+def test_posix_user_names_are_accepted(tmp_path, user):
+    assert load_profile_file(write(tmp_path, "dev", _ssh(user=user))).profile.transport.user == user
+
+
+@pytest.mark.parametrize("key, yaml_value, where", [
+    ("board", '"Raspberry Pi \\u202e3"', "device.board"),
+    ("workdir", '"/opt/edge\\u2067fleet"', "workdir"),
+    ("workdir", '"/opt/edge\\u001bfleet"', "workdir"),
+    ("os", '"Raspberry Pi OS\\u2028bullseye"', "device.os"),
+])
+def test_bidi_and_control_characters_in_names_and_paths_are_refused(tmp_path, key, yaml_value, where):
+    lines = MINIMAL.splitlines()
+    index = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{key}:"))
+    indent = lines[index][: len(lines[index]) - len(lines[index].lstrip())]
+    lines[index] = f"{indent}{key}: {yaml_value}"
+    message = error_of(write(tmp_path, "dev", "\n".join(lines) + "\n"))
+    assert f"dev.yaml:{index + 1}:" in message and where in message
+    assert "control or bidi formatting character" in message
+    # The message shows the character escaped, never raw: it cannot reorder the terminal line that shows it.
+    assert not any(ch in message for ch in "\u202e\u2067\x1b\u2028")
+
+
+@pytest.mark.parametrize("block, where", [
+    ("transport:\n  kind: ssh\n  host: pi.local\n  key_filename: \"~/.ssh/id\\u202eden\"\n", "transport.key_filename"),
+    ("transport:\n  kind: ssh\n  host: pi.local\n  known_hosts: \"/etc/ssh/known\\u0000hosts\"\n",
+     "transport.known_hosts"),
+    ("transport:\n  kind: adb\n  serial: \"-s other\"\n", "transport.serial"),
+    ("transport:\n  kind: adb\n  adb_path: \"/usr/bin/adb\\u2069\"\n", "transport.adb_path"),
+])
+def test_transport_paths_and_serials_are_plain_text(tmp_path, block, where):
+    text = MINIMAL + block
+    message = error_of(write(tmp_path, "dev", text))
+    assert where in message and "dev.yaml:" in message
+
+
+def test_runtime_package_names_are_plain_text(tmp_path):
+    text = MINIMAL.replace("  provided_by: device\n", "  provided_by: device\n  os_packages:\n"
+                                                      "    numpy: \"python3-nump\\u202ey\"\n")
+    message = error_of(write(tmp_path, "dev", text))
+    assert "runtime.os_packages.numpy" in message and "U+202E (RIGHT-TO-LEFT OVERRIDE)" in message

@@ -17,8 +17,10 @@ from edgefleet.errors import ResultsError
 from edgefleet.report import build_table, render_report, rich_table
 from edgefleet.report.devices import build_devices
 from edgefleet.report.plots import pareto_front
-from edgefleet.report.tables import EMULATED_NOTE, FLAG_GATE_FAILED, FLAG_REGRESSION, format_number
+from edgefleet.report.tables import (EMULATED_NOTE, FLAG_GATE_FAILED, FLAG_HOT, FLAG_REGRESSION, FLAG_THROTTLED,
+                                     FLAG_UNSTABLE, format_number)
 from edgefleet.results import AccuracyRecord, ResultsDB, ingest_log, ingest_run_dir, ingest_status
+from edgefleet.results.schema import MEASUREMENTS, OPTIONAL_MEASUREMENTS
 
 pytest_plugins = ["agent_fixtures"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -167,8 +169,7 @@ QEMU_CORAL = dict(QEMU_RPI3, emulator="qemu-aarch64 7.2.22", board_os="Mendel Li
 DEBIAN = "Debian GNU/Linux 12 (bookworm)"
 OS_NUMPY = "/usr/lib/python3/dist-packages/numpy"
 TFLITE_RUNTIME = {"module": "tflite_runtime.interpreter", "version": "2.14.0"}
-NOT_MEASURED = dict.fromkeys(("load_ms", "first_inference_ms", "runs", "duration_s", "latency_ms", "cv", "unstable",
-                              "delegate_coverage", "runtime_info"))
+NOT_MEASURED = dict.fromkeys(MEASUREMENTS + OPTIONAL_MEASUREMENTS + ("delegate_coverage", "runtime_info"))
 
 
 def _device_log(agent_run: AgentRun, run_id: str, device: str, env: dict, *, emulated: bool = True,
@@ -271,3 +272,40 @@ def test_variants_measured_under_another_name_are_listed(agent_run: AgentRun, tm
     paths = render_report(database, [agent_run.run_id], tmp_path / "report")
     for text in (paths.markdown.read_text(), paths.html.read_text()):
         assert "measured under another name" in text and "tftrt-fp16-relu6-replaced-nms-cpu" in text
+
+
+def test_unstable_throttled_and_hot_are_flagged_with_their_reasons(db: ResultsDB, agent_run: AgentRun,
+                                                                   tmp_path: Path) -> None:
+    first, second, *rest = agent_run.lines
+    flagged = [dict(first, run_id="run-flags", unstable=True, unstable_reasons=["drift", "frequency"],
+                    throttled=True, throttle_reasons=["frequency"], hot=True),
+               dict(second, run_id="run-flags", unstable=False, unstable_reasons=[], throttled=False, hot=False)]
+    log = "".join(json.dumps(raw) + "\n" for raw in flagged + [dict(r, run_id="run-flags") for r in rest]).encode()
+    assert ingest_log(db, agent_run.device, "run-flags", log, tmp_path / "q").quarantined == 0
+    table = build_table(db, ["run-flags"])
+    rows = {row.cell: row for row in table.rows}
+    hot = rows[first["cell"]]
+    assert hot.flags[:3] == (FLAG_UNSTABLE, FLAG_THROTTLED, FLAG_HOT)
+    assert hot.unstable_reasons == ("drift", "frequency")
+    assert table.text(hot, "flags") == "unstable (drift, frequency), throttled, hot"
+    assert not {FLAG_UNSTABLE, FLAG_THROTTLED, FLAG_HOT} & set(rows[second["cell"]].flags)
+    # The robust statistics are columns of every table.
+    assert table.text(hot, "p99_over_p50").endswith("×") and hot.trimmed_mean_ms == first["latency_ms"]["trimmed_mean"]
+    assert hot.robust_cv == first["robust_cv"] and hot.iqr_ms == first["latency_ms"]["iqr"]
+
+    paths = render_report(db, ["run-flags"], tmp_path / "report")
+    markdown, html = paths.markdown.read_text(), paths.html.read_text()
+    line = f"- {agent_run.device} / {first['cell']}: unstable (drift, frequency), throttled, hot"
+    assert "### Flagged cells" in markdown and line in markdown
+    assert "<h3>Flagged cells</h3>" in html and "unstable (drift, frequency), throttled, hot" in html
+    for text in (markdown, html):
+        assert "trimmed mean ms" in text and "IQR ms" in text and "p99/p50" in text and "robust cv" in text
+    with paths.csv.open() as handle:
+        csv_rows = {row["cell"]: row for row in csv.DictReader(handle)}
+    assert csv_rows[first["cell"]]["unstable_reasons"] == "drift;frequency"
+    assert csv_rows[first["cell"]]["flags"].startswith("unstable;throttled;hot")
+    data = {row["cell"]: row for row in json.loads(paths.json.read_text())["rows"]}
+    assert data[first["cell"]]["unstable_reasons"] == ["drift", "frequency"]
+    console = Console(record=True, width=400)
+    console.print(rich_table(table))
+    assert "unstable (drift, frequency), throttled, hot" in console.export_text()

@@ -5,11 +5,15 @@ import json
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from agent_fixtures import AgentRun
 
 from edgefleet.errors import ResultsError
 from edgefleet.results import ResultsDB, ingest_log, ingest_run_dir, ingest_status
+from edgefleet.results.db import ADDED_CELL_COLUMNS, DB_VERSION
+from edgefleet.results.samples import cell_samples
+from edgefleet.results.schema import MEASUREMENTS, OPTIONAL_MEASUREMENTS
 
 pytest_plugins = ["agent_fixtures"]
 
@@ -89,7 +93,7 @@ def test_corrupt_and_truncated_lines_are_quarantined_and_valid_ones_kept(
 def test_a_retried_cell_keeps_its_latest_line(agent_run: AgentRun, tmp_path: Path) -> None:
     good = agent_run.lines[0]
     failed = dict(good, status="error", reason="RuntimeError: boom")
-    for key in ("load_ms", "first_inference_ms", "runs", "duration_s", "latency_ms", "cv", "unstable"):
+    for key in MEASUREMENTS + OPTIONAL_MEASUREMENTS:
         failed[key] = None
     db = ResultsDB(":memory:")
     summary = ingest_log(db, agent_run.device, agent_run.run_id, _line(failed) + _line(good), tmp_path)
@@ -148,3 +152,60 @@ def test_register_run_keeps_the_reported_state(agent_run: AgentRun, tmp_path: Pa
     db.register_run(agent_run.run_id, agent_run.device, target="rpi4", model="tiny")
     (run,) = db.runs()
     assert (run.state, run.target, run.model) == ("done", "rpi4", "tiny")
+
+
+def test_raw_samples_survive_ingest_and_decode_to_the_lines_numbers(agent_run: AgentRun, tmp_path: Path) -> None:
+    db = ResultsDB(tmp_path / "results.sqlite")
+    ingest_run_dir(db, agent_run.run_dir, tmp_path / "q")
+    lines = {raw["cell"]: raw for raw in agent_run.lines}
+    for cell in db.cells([agent_run.run_id]):
+        raw = lines[cell.cell]
+        ms = cell_samples(cell)
+        assert len(ms) == cell.runs == cell.sample_count == raw["samples"]["count"]
+        # Any statistic can be recomputed from them: here the agent's own.
+        assert np.percentile(ms, 50) == pytest.approx(cell.p50_ms, rel=1e-6)
+        assert ms.max() == pytest.approx(cell.max_ms, rel=1e-6)
+        assert np.percentile(ms, 75) - np.percentile(ms, 25) == pytest.approx(cell.iqr_ms, rel=1e-5, abs=1e-9)
+        # The new columns hold what the line says.
+        assert cell.robust_cv == raw["robust_cv"] and cell.drift_ratio == raw["drift"]["ratio"]
+        assert cell.reasons == tuple(raw["unstable_reasons"]) and cell.throttled == raw["throttled"]
+        assert cell.warmup_runs == raw["warmup_runs"] and cell.trimmed_mean_ms == raw["latency_ms"]["trimmed_mean"]
+    failed = dict(agent_run.lines[0], cell="failed", status="error", reason="boom",
+                  **dict.fromkeys(MEASUREMENTS + OPTIONAL_MEASUREMENTS))
+    ingest_log(db, agent_run.device, agent_run.run_id, _line(failed), tmp_path / "q")
+    (stored,) = [c for c in db.cells() if c.cell == "failed"]
+    assert cell_samples(stored) is None and stored.unstable_reasons is None
+
+
+def test_a_line_whose_samples_or_reasons_contradict_it_is_quarantined(agent_run: AgentRun, tmp_path: Path) -> None:
+    good = agent_run.lines[0]
+    short = dict(good, cell="short", samples=dict(good["samples"], count=good["runs"] - 1))
+    contradiction = dict(good, cell="contradiction", unstable=not good["unstable"])
+    bad_encoding = dict(good, cell="encoding", samples=dict(good["samples"], encoding="f64"))
+    log = _line(short) + _line(contradiction) + _line(bad_encoding)
+    summary = ingest_log(ResultsDB(":memory:"), agent_run.device, agent_run.run_id, log, tmp_path)
+    assert summary.quarantined == 3
+    reasons = [json.loads(line)["reason"] for line in summary.quarantine_file.read_text().splitlines()]
+    assert "samples holds" in reasons[0] and "with reasons" in reasons[1] and "samples.encoding" in reasons[2]
+
+
+def test_a_version_1_database_gets_the_new_columns_filled_from_its_raw_lines(agent_run: AgentRun,
+                                                                            tmp_path: Path) -> None:
+    fresh = ResultsDB(tmp_path / "fresh.sqlite")
+    ingest_run_dir(fresh, agent_run.run_dir, tmp_path / "q")
+    old = tmp_path / "v1.sqlite"
+    ingest_run_dir(ResultsDB(old), agent_run.run_dir, tmp_path / "q")
+    # What version 1 was: the cells table without the columns version 2 added.
+    with sqlite3.connect(old) as conn:
+        for name, _, _ in ADDED_CELL_COLUMNS:
+            conn.execute(f"ALTER TABLE cells DROP COLUMN {name}")
+        conn.execute("PRAGMA user_version = 1")
+    migrated = ResultsDB(old)
+    with sqlite3.connect(old) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == DB_VERSION == 2
+    assert migrated.cells() == fresh.cells()
+    assert all(c.sample_count == c.runs and c.unstable_reasons is not None for c in migrated.cells())
+    # And ingesting the same lines again changes nothing: the migrated rows are what ingest writes.
+    dump = migrated.dump()
+    assert ingest_run_dir(migrated, agent_run.run_dir, tmp_path / "q").unchanged == 4
+    assert migrated.dump() == dump

@@ -8,6 +8,8 @@ from rich.table import Table
 
 from edgefleet.api.context import Env
 from edgefleet.backends.registry import open_backend
+from edgefleet.deploy.plan import identical_variants
+from edgefleet.deploy.variants import built_variants
 from edgefleet.errors import BuildError
 from edgefleet.execute import BuildSummary, execute_plan
 from edgefleet.plan.model import Plan
@@ -70,6 +72,9 @@ def build(options: BuildOptions, env: Env | None = None) -> BuildSummary | Plan:
     env.console.print(summary_table(summary))
     for note in plan.notes:
         env.console.print(f"note: {note}")
+    for name, other in identical_variants(built_variants(plan, store, lambda _: None)).items():
+        env.console.print(f"note: {name} is byte for byte {other} (the step that made it changed nothing): "
+                          f"deploy measures it once, as {other}")
     for o in summary.unavailable:
         env.console.print(f"[yellow]not built here:[/] {o.step.id}: {o.message}")
     if summary.invalid:

@@ -21,6 +21,7 @@ from edgefleet.deploy.facts import gather_facts
 from edgefleet.deploy.follow import FINAL_STATES, agent_status, follow_run  # noqa: F401  (the API's follow helpers)
 from edgefleet.deploy.plan import (DeployPlan, DeployRequest, LocalFile, ProvisionRuntime, Skip, StartAgent,
                                    Upload, Variant, WriteRunConfig, expected_files, os_modules, plan_deploy)
+from edgefleet.deploy.variants import built_variants, local_file
 from edgefleet.errors import DeployError
 from edgefleet.evaluation.kinds import for_task
 from edgefleet.execute import execute_plan
@@ -29,7 +30,6 @@ from edgefleet.plan.workspace import plan_for
 from edgefleet.profiles.load import load_profile
 from edgefleet.profiles.model import Profile
 from edgefleet.recipes.load import LoadedRecipe, load_recipe
-from edgefleet.recipes.sources import sha256_file
 from edgefleet.runs import RunRecord, new_run_id, save_run
 from edgefleet.runtimes import runtime_for_profile, ships_wheels
 from edgefleet.store import ArtifactStore
@@ -62,33 +62,6 @@ class DeployOutcome:
     plan: DeployPlan
     applied: ApplyResult | None
     final_status: dict | None = None
-
-
-def local_file(path: Path) -> LocalFile:
-    return LocalFile(path, sha256_file(path), path.stat().st_size)
-
-
-def built_variants(plan: Plan, store: ArtifactStore, say) -> list[Variant]:
-    variants = []
-    for step in plan.variants:
-        if not store.has(step.key):
-            say(f"[yellow]not deployed:[/] {step.variant} was not built here")
-            continue
-        manifest = store.manifest(step.key)
-        primary = store.primary_file(step.key)
-        if not primary.is_file():
-            say(f"[yellow]not deployed:[/] {step.variant} is a folder artifact; the agent runs single-file models")
-            continue
-        # Files named like the primary (OpenVINO's model.bin beside model.xml), and those the step says the
-        # device needs (a TF-TRT variant's conversion script).
-        beside = {p for p in primary.parent.glob(f"{primary.stem}.*") if p != primary and p.is_file()}
-        beside |= {primary.parent / name for name in manifest.get("device_files", [])}
-        companions = tuple(local_file(p) for p in sorted(beside))
-        if step.runtime is None:  # the planner names a runtime for every variant it makes
-            raise DeployError(f"variant {step.variant} (step {step.id}) names no runtime; this is a planner bug")
-        variants.append(Variant(step.variant or step.id, step.runtime, step.key, local_file(primary),
-                                bool(manifest.get("valid", True)), companions))
-    return variants
 
 
 def wheelhouse_files(ws: Workspace, profile: Profile, plan: Plan, recipe: LoadedRecipe, address: DeviceAddress,

@@ -67,7 +67,7 @@ def userland_for(profile: Profile, without_packages: tuple[str, ...] = ()) -> Us
                           "own CPU architecture; add one (see targets/rpi3.yaml) or use `--emulate host`")
     rootfs = RootfsSpec(emulation.debian_arch, emulation.suite, emulation.packages,
                         tuple(sorted(set(profile.runtime.os_packages.values()))), emulation.runtime_standin,
-                        emulation.standin_platform)
+                        emulation.standin_platform, emulation.standin_deps)
     return Userland(rootfs=rootfs, workdir=profile.workdir, os=emulation.os, board_os=profile.device.os,
                     differs=emulation.differs, without_packages=without_packages)
 

@@ -9,6 +9,11 @@ readable to whoever runs edgefleet), with no network unless the builder's steps 
 networked steps get the host's CA bundle (PIP_CERT/REQUESTS_CA_BUNDLE/SSL_CERT_FILE), so a
 TLS-inspecting proxy works inside as it does outside.
 
+A builder whose image build or steps need the network is checked first: the hosts it declares
+(URLs among its builder.yaml ``versions``; a step's module ``NETWORK_PROBES`` and URL params such as
+``index_url``) are probed with a TCP connect, and when one is unreachable the step ends as "not built
+here" (ToolUnavailableError naming them), not as a failed build.
+
 Remote engines (``DOCKER_HOST`` or ``docker_host``, e.g. ``ssh://user@host``) work for the
 image build (the context is uploaded) and for the spec and outputs (put/get_archive), but
 bind-mount sources are paths on the engine's machine: the inputs must exist there at the
@@ -16,10 +21,12 @@ same paths (a shared filesystem), or the step sees empty mounts or fails to star
 """
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
 import re
+import socket
 import tarfile
 import tempfile
 import threading
@@ -30,11 +37,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from edgefleet.backends.base import LogSink, StepRequest
 from edgefleet.errors import EXIT_TOOL_UNAVAILABLE, BuildError, ConfigError, ToolUnavailableError
 from edgefleet.images.base_image import LABEL_PREFIX
 from edgefleet.images.build import ImageBuilder
+from edgefleet.images.builder_spec import SPEC_FILE, BuilderSpec, load_builder_spec
 from edgefleet.steps.process import ERROR_FILE, RESULT_FILE, STEP_MODULE
 
 if TYPE_CHECKING:
@@ -54,6 +63,8 @@ KEEP_ENV = "EDGEFLEET_KEEP_CONTAINER"
 CA_BUNDLE_ENV = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
 CONTAINER_CA_BUNDLE = SPEC_DIR / "ca-bundle.pem"
 _INPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+PROBE_TIMEOUT_S = 3.0
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class StepContainer:
@@ -142,10 +153,20 @@ class DockerBackend:
     def run_step(self, request: StepRequest, log: LogSink) -> None:
         import docker.errors
 
+        spec = self._builder_spec(request.builder)
+        if spec is not None and spec.step_network:
+            _require_network(f"step {request.kind}", step_hosts(request.kind, request.params), log)
         try:
             image = self.images.ensure(request.builder, log)
         except docker.errors.DockerException as exc:
             raise BuildError(f"builder image {request.builder!r}: the Docker engine failed: {exc}") from exc
+        except ToolUnavailableError:
+            raise
+        except BuildError as exc:
+            # A failed build of an image that needs the network: "not built here" when its hosts are unreachable.
+            if spec is not None and spec.needs_network:
+                _require_network(f"builder image {request.builder!r}", builder_hosts(spec), log, cause=exc)
+            raise
         runner = image.spec.runner
         command = [runner.python, "-m", STEP_MODULE, str(SPEC_DIR / "spec.json")]
         mounts, container_inputs = _input_mounts(request.inputs)
@@ -181,6 +202,60 @@ class DockerBackend:
         if not (request.out_dir / RESULT_FILE).is_file():
             raise BuildError(f"step {request.kind} exited 0 but wrote no {RESULT_FILE}", command=command)
         log(f"step {request.kind} done in {time.monotonic() - started:.1f} s ({image.tag})")
+
+
+    def _builder_spec(self, builder: str) -> BuilderSpec | None:
+        """The builder's spec, read without the engine; None when there is no such builder (ensure says so)."""
+        builder_dir = (self._builders_root or self.workspace_root / "builders") / builder
+        return load_builder_spec(builder_dir) if (builder_dir / SPEC_FILE).is_file() else None
+
+
+def builder_hosts(spec: BuilderSpec) -> list[tuple[str, int]]:
+    """The hosts a builder's image build downloads from, as its builder.yaml declares them (URL ``versions``)."""
+    return _url_hosts(spec.versions.values())
+
+
+def step_hosts(kind: str, params: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """The hosts a networked step reaches: its module's ``NETWORK_PROBES`` and the URLs among its params."""
+    from edgefleet.steps.registry import step_kind
+
+    module = importlib.import_module(step_kind(kind).target.partition(":")[0])
+    declared = [(str(host), int(port)) for host, port in getattr(module, "NETWORK_PROBES", ())]
+    return list(dict.fromkeys([*declared, *_url_hosts(params.values())]))
+
+
+def unreachable_hosts(hosts: list[tuple[str, int]], timeout_s: float = PROBE_TIMEOUT_S) -> list[str]:
+    """``host:port`` of each host a TCP connection cannot reach from here."""
+    missing = []
+    for host, port in hosts:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                pass
+        except OSError:
+            missing.append(f"{host}:{port}")
+    return missing
+
+
+def _require_network(what: str, hosts: list[tuple[str, int]], log: LogSink,
+                     cause: BaseException | None = None) -> None:
+    missing = unreachable_hosts(hosts)
+    if not missing:
+        return
+    message = (f"{what} is not built here: it needs network access to {', '.join(missing)}, which this machine "
+               "cannot reach; build it where they are reachable")
+    log(message)
+    raise ToolUnavailableError(message) from cause
+
+
+def _url_hosts(values: Any) -> list[tuple[str, int]]:
+    hosts = []
+    for value in values:
+        if not isinstance(value, str):
+            continue
+        url = urlsplit(value)
+        if url.scheme in _DEFAULT_PORTS and url.hostname:
+            hosts.append((url.hostname, url.port or _DEFAULT_PORTS[url.scheme]))
+    return list(dict.fromkeys(hosts))
 
 
 def open_docker_client(docker_host: str | None, env: Mapping[str, str]) -> docker.DockerClient:

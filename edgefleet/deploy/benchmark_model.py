@@ -26,6 +26,7 @@ from edgefleet.deploy.devices import DeviceAddress
 from edgefleet.deploy.plan import (DeployPlan, DeployRequest, LocalFile, Upload, artifact_remote, remote_paths,
                                    shipped)
 from edgefleet.deploy.upload import upload_verified
+from edgefleet.deploy.variants import local_file
 from edgefleet.digest import sha256_file
 from edgefleet.errors import DeployError
 from edgefleet.plan.workspace import plan_for
@@ -79,20 +80,16 @@ def find_binary(ws: Workspace, request: DeployRequest, model: str) -> Binary:
     """The profile's runtime.benchmark_binary, else the one the Android builder made for the device's arch."""
     runtime, arch = request.profile.runtime, request.profile.device.arch
     if runtime.benchmark_binary:
-        return Binary(_local(Path(runtime.benchmark_binary)), "runtime.benchmark_binary")
+        return Binary(local_file(Path(runtime.benchmark_binary)), "runtime.benchmark_binary")
     name = built_name(arch)
     store = ArtifactStore(ws.artifacts_dir)
     plan = plan_for(ws, request.profile, load_recipe(ws.models_dir, model))
     for step in plan.steps:
         if name and store.has(step.key) and (store.path(step.key) / name).is_file():
-            return Binary(_local(store.path(step.key) / name), f"built by {step.id} ({step.key[:12]})")
+            return Binary(local_file(store.path(step.key) / name), f"built by {step.id} ({step.key[:12]})")
     return Binary(None, f"{BINARY}: not built here, give runtime.benchmark_binary in targets/{request.profile.name}"
                         f".yaml or build it (`invoke build --target {request.profile.name}` on a machine with Bazel "
                         f"and network: the android.aar step builds {name or 'it'})")
-
-
-def _local(path: Path) -> LocalFile:
-    return LocalFile(path, sha256_file(path), path.stat().st_size)
 
 
 # -- planning (pure) ----------------------------------------------------------------------------------------

@@ -301,6 +301,7 @@ def plan_deploy(request: DeployRequest, facts: DeviceFacts) -> DeployPlan:
         "bench": {"warmup_runs": bench.warmup_runs, "min_runs": bench.min_runs,
                   "min_duration_s": bench.min_duration_s, "max_runs": bench.max_runs,
                   "cooldown_s": bench.cooldown_s, "cv_threshold": bench.cv_threshold,
+                  "warmup_max_runs": bench.warmup_max_runs, "max_temp_c": bench.max_temp_c,
                   "exclusive_lock": request.exclusive_lock, "host_deploy_locks": list(request.host_deploy_locks)},
         "cells": cells,
     }

@@ -40,12 +40,19 @@ class RootfsSpec:
     packages: tuple[str, ...]
     setup_packages: tuple[str, ...] = ()
     standin_wheels: tuple[str, ...] = ()
-    standin_platform: str | None = None
+    standin_platforms: tuple[str, ...] = ()
+    standin_deps: bool = False
 
     @property
     def key(self) -> str:
         fields = asdict(self) | {"layout": LAYOUT_VERSION,
                                  "packages": sorted(self.packages), "setup_packages": sorted(self.setup_packages)}
+        # The key's fields as first written, so the roots already cached for single-platform, no-deps stand-ins
+        # keep their names; the newer settings enter the key only when they say something new.
+        platforms = fields.pop("standin_platforms")
+        fields["standin_platform"] = platforms[0] if len(platforms) == 1 else (list(platforms) or None)
+        if not fields["standin_deps"]:
+            del fields["standin_deps"]
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
         return f"{self.suite}-{self.debian_arch}-{digest}"
 
@@ -88,7 +95,7 @@ def _build(final: Path, spec: RootfsSpec, say: Say) -> None:
         f"about 3 minutes here; cached in {final})")
     started = time.monotonic()
     try:
-        _debootstrap(staging, spec, say)
+        _os_image(final.parent, staging, spec, say)
         if spec.setup_packages:
             _board_setup(staging, spec, say)
         if spec.standin_wheels:
@@ -99,6 +106,20 @@ def _build(final: Path, spec: RootfsSpec, say: Say) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     say(f"root filesystem {spec.key} ready in {time.monotonic() - started:.0f} s")
+
+
+def _os_image(cache_dir: Path, staging: Path, spec: RootfsSpec, say: Say) -> None:
+    """The board's OS image into ``staging``: debootstrap's own, or a copy of the cached image when the board
+    adds setup or stand-ins on top (two boards with one OS image debootstrap it once)."""
+    base = RootfsSpec(spec.debian_arch, spec.suite, spec.packages)
+    if base == spec:
+        _debootstrap(staging, spec, say)
+        return
+    image = ensure_rootfs(cache_dir, base, say)
+    say(f"copying the cached {spec.suite} {spec.debian_arch} OS image {base.key}")
+    subprocess.run(["cp", "-a", "--reflink=auto", f"{image}/.", str(staging)], check=True, capture_output=True,
+                   timeout=15 * 60)
+    (staging / INFO_FILE).unlink()
 
 
 def _debootstrap(staging: Path, spec: RootfsSpec, say: Say) -> None:
@@ -124,9 +145,11 @@ def _install_standins(staging: Path, spec: RootfsSpec, say: Say) -> None:
     it, with the target's platform and Python, so nothing is compiled and nothing runs emulated."""
     python = _python_version(staging)
     target = staging / "usr" / "local" / "lib" / f"python{python}" / "dist-packages"
-    say(f"runtime stand-in: {' '.join(spec.standin_wheels)} ({spec.standin_platform}, python {python})")
+    platforms = [f"--platform={tag}" for tag in spec.standin_platforms]
+    say(f"runtime stand-in: {' '.join(spec.standin_wheels)} ({', '.join(spec.standin_platforms)}, python {python}"
+        f"{', with their dependencies' if spec.standin_deps else ''})")
     argv = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-            "--no-deps", "--only-binary=:all:", f"--platform={spec.standin_platform}",
+            *([] if spec.standin_deps else ["--no-deps"]), "--only-binary=:all:", *platforms,
             f"--python-version={python}", "--implementation=cp", "--target", str(target), *spec.standin_wheels]
     _stream(argv, say, "pip install (stand-in)", 15 * 60)
 

@@ -6,13 +6,13 @@ and everything downstream receives validated values.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgefleet.config.validate import did_you_mean
 from edgefleet.runtimes import delegate_names, runtime_for_profile
-from edgefleet.transport.connections import Connection, LocalConnection
+from edgefleet.transport.connections import Connection, LocalConnection, PlainText, no_hidden_characters
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
@@ -26,29 +26,29 @@ class Strict(BaseModel):
 
 
 class Device(Strict):
-    board: str = Field(description="The board this target stands for, in words.")
+    board: PlainText = Field(description="The board this target stands for, in words.")
     arch: Literal["armv7l", "aarch64", "x86_64"] = Field(description="`uname -m` on the device.")
-    os: str = Field(description="Operating system and release.")
+    os: PlainText = Field(description="Operating system and release.")
     python: str | None = Field(None, pattern=r"^3\.\d+$",
                                description="The device's Python, major.minor; none on Android (benchmark_model runs there).")
     glibc: str | None = Field(None, pattern=r"^\d+\.\d+$", description="glibc version; decides manylinux tags.")
 
 
 class Runtime(Strict):
-    name: str = Field(description="The on-device inference runtime, e.g. tflite-runtime (edgefleet/runtimes/).")
+    name: PlainText = Field(description="The on-device inference runtime, e.g. tflite-runtime (edgefleet/runtimes/).")
     provided_by: Literal["wheelhouse", "device"] = Field(
         "wheelhouse", description="wheelhouse: edgefleet ships wheels; device: already installed (apt, JetPack).")
-    packages: tuple[str, ...] = Field((), description="Pip requirement strings for the device wheelhouse.")
-    optional_packages: tuple[str, ...] = Field((), description="Shipped where wheels exist for the platform.")
-    platform_tags: tuple[str, ...] = Field((), description="Wheel platform tags the device accepts.")
-    os_packages: dict[str, str] = Field(
+    packages: tuple[PlainText, ...] = Field((), description="Pip requirement strings for the device wheelhouse.")
+    optional_packages: tuple[PlainText, ...] = Field((), description="Shipped where wheels exist for the platform.")
+    platform_tags: tuple[PlainText, ...] = Field((), description="Wheel platform tags the device accepts.")
+    os_packages: dict[PlainText, PlainText] = Field(
         default_factory=dict,
         description="Python module -> the OS package that provides it where PyPI has no wheel for the device "
                     "(numpy on armv7l: python3-numpy). The runtime venv sees the OS's site-packages, and deploy "
                     "checks the module is there before sending anything.")
     note: str | None = Field(None, description="How the runtime gets onto the device when not from wheels.")
     # Runtimes measured by a device binary instead of the agent (Android's benchmark_model) only:
-    benchmark_binary: str | None = Field(
+    benchmark_binary: PlainText | None = Field(
         None, description="A local benchmark_model binary for the device (absolute path, or ~); default: the one "
                           "the android.aar step builds.")
     op_profiling: bool = Field(False, description="Run benchmark_model with --enable_op_profiling=true: each result "
@@ -103,7 +103,16 @@ class Emulation(Strict):
     runtime_standin: tuple[str, ...] = Field(
         (), description="For runtimes the board's vendor installs (apt, JetPack): PyPI wheels installed into the "
                         "emulated userland in their place, named in every result.")
-    standin_platform: str | None = Field(None, description="Wheel platform tag for runtime_standin.")
+    standin_platform: tuple[str, ...] = Field(
+        (), description="Wheel platform tags for runtime_standin (one, or a list: pip takes no older manylinux "
+                        "tag for a newer one by itself).")
+    standin_deps: bool = Field(False, description="Install the stand-ins' own dependencies too (a full "
+                                                  "TensorFlow needs them); otherwise the OS provides them.")
+
+    @field_validator("standin_platform", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
 
     @field_validator("packages", "runtime_standin")
     @classmethod
@@ -111,6 +120,7 @@ class Emulation(Strict):
         for name in value:
             if not name or name.startswith("-") or any(ch.isspace() for ch in name):
                 raise ValueError(f"{name!r} is not a package name")
+            no_hidden_characters(name)
         return value
 
     @model_validator(mode="after")
@@ -145,7 +155,7 @@ class TftrtConverter(Strict):
 
 
 class TftrtFormat(Strict):
-    jetpack_tf_version: str = Field(description="TensorFlow version of the target's JetPack (frozen graph must match).")
+    jetpack_tf_version: PlainText = Field(description="TensorFlow version of the target's JetPack (frozen graph must match).")
     relu6_replace: tuple[bool, ...] = Field((True, False), min_length=1,
                                             description="Build with and/or without Relu6 -> relu(x)-relu(x-6).")
     nms_on_cpu: tuple[bool, ...] = Field((True, False), min_length=1,
@@ -194,6 +204,12 @@ class Bench(Strict):
     max_runs: int = Field(10_000, ge=1)
     cooldown_s: float = Field(1.0, ge=0)
     cv_threshold: float = Field(0.15, gt=0)
+    warmup_max_runs: int | None = Field(None, ge=0, description="Cap of the adaptive warm-up, which goes on past "
+                                                                "warmup_runs until the latency stops trending; "
+                                                                "default max(10 * warmup_runs, 200).")
+    max_temp_c: float | None = Field(None, gt=0, le=150, description="Temperature (°C, any thermal zone, during "
+                                                                     "timing) above which a cell is flagged hot; "
+                                                                     "also the cooldown's target. None: no limit.")
 
     @field_validator("delegates")
     @classmethod
@@ -217,6 +233,8 @@ class Bench(Strict):
     def _runs_order(self) -> Bench:
         if self.max_runs < self.min_runs:
             raise ValueError(f"max_runs ({self.max_runs}) is below min_runs ({self.min_runs})")
+        if self.warmup_max_runs is not None and self.warmup_max_runs < self.warmup_runs:
+            raise ValueError(f"warmup_max_runs ({self.warmup_max_runs}) is below warmup_runs ({self.warmup_runs})")
         return self
 
 
@@ -239,7 +257,7 @@ class Profile(Strict):
     formats: Formats
     bench: Bench = Bench()
     transport: Connection = Field(LocalConnection(), description="How edgefleet reaches the device.")
-    workdir: str = Field(description="Absolute directory on the device that edgefleet owns.")
+    workdir: PlainText = Field(description="Absolute directory on the device that edgefleet owns.")
     fidelity: dict[Precision, FidelityThreshold] = Field(
         default_factory=dict, description="Per-precision overrides of the fidelity gate thresholds.")
     accuracy_gate: AccuracyGate = AccuracyGate()

@@ -20,6 +20,8 @@ EMULATED_NOTE = "measured on an emulated device (qemu-user or this host's CPU): 
 GATE_METRIC = "accuracy_gate"
 
 FLAG_UNSTABLE = "unstable"
+FLAG_THROTTLED = "throttled"
+FLAG_HOT = "hot"
 FLAG_INVALID_ARTIFACT = "invalid artifact"
 FLAG_MISSING_RUNTIME = "missing runtime"
 FLAG_ERROR = "error"
@@ -83,6 +85,12 @@ class ReportRow:
     delegate_nodes: int | None
     total_nodes: int | None
     delegate_explicit: bool | None = None
+    trimmed_mean_ms: float | None = None
+    iqr_ms: float | None = None
+    robust_cv: float | None = None
+    p99_over_p50: float | None = None
+    drift_ratio: float | None = None
+    unstable_reasons: tuple[str, ...] = ()
     accuracy: float | None = None
     accuracy_metric: str | None = None
     baseline_p50_ms: float | None = None
@@ -101,6 +109,7 @@ class ReportRow:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["flags"] = list(self.flags)
+        data["unstable_reasons"] = list(self.unstable_reasons)
         return data
 
 
@@ -134,6 +143,8 @@ class ReportTable:
         return tuple(columns)
 
     def text(self, row: ReportRow, key: str) -> str:
+        if key == "flags":
+            return flags_text(row)
         return format_value(key, getattr(row, key) if key != "coverage" else _coverage(row))
 
     def to_json(self) -> dict[str, Any]:
@@ -149,7 +160,10 @@ BASE_COLUMNS = (
     Column("delegate", "delegate"), Column("status", "status"),
     Column("p50_ms", "p50 ms", numeric=True), Column("p90_ms", "p90 ms", numeric=True),
     Column("p99_ms", "p99 ms", numeric=True), Column("mean_ms", "mean ms", numeric=True),
-    Column("cv", "cv", numeric=True), Column("runs", "runs", numeric=True),
+    Column("trimmed_mean_ms", "trimmed mean ms", numeric=True), Column("iqr_ms", "IQR ms", numeric=True),
+    Column("p99_over_p50", "p99/p50", numeric=True), Column("cv", "cv", numeric=True),
+    Column("robust_cv", "robust cv", numeric=True), Column("drift_ratio", "drift", numeric=True),
+    Column("runs", "runs", numeric=True),
     Column("first_inference_ms", "first ms", numeric=True), Column("load_ms", "load ms", numeric=True),
     Column("peak_rss_mb", "peak RSS MB", numeric=True), Column("coverage", "delegate nodes"),
     Column("flags", "flags"),
@@ -173,11 +187,17 @@ def format_value(key: str, value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, tuple):
         return ", ".join(value) if value else ""
-    if key == "ratio":
+    if key in ("ratio", "p99_over_p50", "drift_ratio"):
         return f"{value:.2f}×"
     if isinstance(value, float):
         return format_number(value)
     return str(value)
+
+
+def flags_text(row: ReportRow) -> str:
+    """The flags, ``unstable`` with why: "unstable (cv, drift), throttled"."""
+    return ", ".join(f"{flag} ({', '.join(row.unstable_reasons)})" if flag == FLAG_UNSTABLE and row.unstable_reasons
+                     else flag for flag in row.flags)
 
 
 def _coverage(row: ReportRow) -> str | None:
@@ -214,6 +234,10 @@ def _row(cell: CellRecord, run: RunRecord | None, records: Sequence[AccuracyReco
     raw = cell.raw_json
     if cell.unstable:
         flags.append(FLAG_UNSTABLE)
+    if cell.throttled:
+        flags.append(FLAG_THROTTLED)
+    if cell.hot:
+        flags.append(FLAG_HOT)
     if not cell.artifact_valid or raw.get("artifact_sha256_actual"):
         flags.append(FLAG_INVALID_ARTIFACT)
     if cell.status == "missing_runtime":
@@ -233,6 +257,8 @@ def _row(cell: CellRecord, run: RunRecord | None, records: Sequence[AccuracyReco
         peak_rss_mb=cell.peak_rss_kb / 1024.0 if cell.peak_rss_kb is not None and cell.status == "ok" else None,
         delegate_nodes=cell.delegate_nodes, total_nodes=cell.total_nodes,
         delegate_explicit=(raw.get("delegate_coverage") or {}).get("explicit_delegate"),
+        trimmed_mean_ms=cell.trimmed_mean_ms, iqr_ms=cell.iqr_ms, robust_cv=cell.robust_cv,
+        p99_over_p50=cell.p99_over_p50, drift_ratio=cell.drift_ratio, unstable_reasons=cell.reasons,
         accuracy=_accuracy_for(cell, records, metric) if metric else None, accuracy_metric=metric,
         flags=tuple(flags),
     )
@@ -290,6 +316,7 @@ def write_csv(table: ReportTable, path: Path) -> Path:
         for row in table.rows:
             values = asdict(row)
             values["flags"] = ";".join(row.flags)
+            values["unstable_reasons"] = ";".join(row.unstable_reasons)
             writer.writerow(values)
     return Path(path)
 

@@ -17,7 +17,7 @@ from typing import Any
 from edgefleet.errors import ResultsError
 from edgefleet.workspace import Workspace
 
-DB_VERSION = 1
+DB_VERSION = 2
 RUN_STATES = ("unknown", "not_started", "running", "done", "failed", "interrupted")
 
 _DDL = """
@@ -69,7 +69,7 @@ CREATE TABLE IF NOT EXISTS cells (
     env                TEXT NOT NULL,
     raw                TEXT NOT NULL,
     PRIMARY KEY (run_id, device, cell)
-);
+);  -- and ADDED_CELL_COLUMNS, added by _migrate to new and version 1 databases alike
 CREATE TABLE IF NOT EXISTS accuracy (
     run_id    TEXT NOT NULL,
     device    TEXT NOT NULL DEFAULT '',
@@ -145,10 +145,28 @@ class CellRecord:
     finished: str | None
     env: str
     raw: str
+    # Version 2: the robust statistics and the validity flags (None: the agent did not measure them).
+    trimmed_mean_ms: float | None = None
+    iqr_ms: float | None = None
+    robust_cv: float | None = None
+    p99_over_p50: float | None = None
+    drift_ratio: float | None = None
+    unstable_reasons: str | None = None  # comma-separated: cv, drift, frequency
+    throttled: bool | None = None
+    hot: bool | None = None
+    cpu_freq_min_khz: int | None = None
+    cpu_freq_max_khz: int | None = None
+    temp_max_c: float | None = None
+    warmup_runs: int | None = None
+    sample_count: int | None = None
 
     @property
     def raw_json(self) -> dict[str, Any]:
         return json.loads(self.raw)
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return tuple(self.unstable_reasons.split(",")) if self.unstable_reasons else ()
 
 
 @dataclass(frozen=True)
@@ -164,7 +182,19 @@ class AccuracyRecord:
     cell: str = ""
 
 
-_BOOL_COLUMNS = {"emulated", "artifact_valid", "unstable"}
+_BOOL_COLUMNS = {"emulated", "artifact_valid", "unstable", "throttled", "hot"}
+# Version 2's cells columns: (name, SQL type, where a version 1 row's raw line holds the value).
+# A line with a list of reasons is stored comma-separated; json_extract gives the list as JSON text.
+ADDED_CELL_COLUMNS = (
+    ("trimmed_mean_ms", "REAL", "$.latency_ms.trimmed_mean"), ("iqr_ms", "REAL", "$.latency_ms.iqr"),
+    ("robust_cv", "REAL", "$.robust_cv"), ("p99_over_p50", "REAL", "$.p99_over_p50"),
+    ("drift_ratio", "REAL", "$.drift.ratio"), ("unstable_reasons", "TEXT", "$.unstable_reasons"),
+    ("throttled", "INTEGER", "$.throttled"), ("hot", "INTEGER", "$.hot"),
+    ("cpu_freq_min_khz", "INTEGER", "$.device_state.cpu_freq_khz.min"),
+    ("cpu_freq_max_khz", "INTEGER", "$.device_state.cpu_freq_khz.max"),
+    ("temp_max_c", "REAL", "$.device_state.temp_c.max"), ("warmup_runs", "INTEGER", "$.warmup_runs"),
+    ("sample_count", "INTEGER", "$.samples.count"),
+)
 
 
 def _columns(cls: type) -> list[str]:
@@ -202,7 +232,20 @@ class ResultsDB:
                                f"this edgefleet reads up to {DB_VERSION}")
         with self._conn:
             self._conn.executescript(_DDL)
+            self._add_cell_columns()
             self._conn.execute(f"PRAGMA user_version = {DB_VERSION}")
+
+    def _add_cell_columns(self) -> None:
+        """Version 1 -> 2: the new columns, filled from each row's raw line (a new database gets them empty)."""
+        present = {row["name"] for row in self._conn.execute("PRAGMA table_info(cells)")}
+        missing = [column for column in ADDED_CELL_COLUMNS if column[0] not in present]
+        for name, kind, path in missing:
+            self._conn.execute(f"ALTER TABLE cells ADD COLUMN {name} {kind}")
+            self._conn.execute(f"UPDATE cells SET {name} = json_extract(raw, ?)", (path,))
+        if missing:  # the reasons list, stored as ingest stores it: comma-separated
+            rows = self._conn.execute("SELECT rowid, unstable_reasons FROM cells WHERE unstable_reasons LIKE '[%'")
+            self._conn.executemany("UPDATE cells SET unstable_reasons = ? WHERE rowid = ?",
+                                   [(",".join(json.loads(r["unstable_reasons"])), r["rowid"]) for r in rows.fetchall()])
 
     def close(self) -> None:
         self._conn.close()

@@ -106,7 +106,23 @@ def cell_record(parsed: ParsedLine) -> CellRecord:
         started=r.started, finished=r.finished,
         env=json.dumps(r.env, sort_keys=True, separators=(",", ":")),
         raw=json.dumps(parsed.raw, sort_keys=True, separators=(",", ":")),
+        **_robust_columns(r),
     )
+
+
+def _robust_columns(r: ResultLine) -> dict[str, Any]:
+    """What newer agents add: robust statistics and validity flags (None where the agent had none)."""
+    extra = r.latency_ms.model_extra if r.latency_ms else {}
+    state = r.device_state or {}
+    freq = state.get("cpu_freq_khz") or {}
+    return {
+        "trimmed_mean_ms": extra.get("trimmed_mean"), "iqr_ms": extra.get("iqr"), "robust_cv": r.robust_cv,
+        "p99_over_p50": r.p99_over_p50, "drift_ratio": r.drift.ratio if r.drift else None,
+        "unstable_reasons": None if r.unstable_reasons is None else ",".join(r.unstable_reasons),
+        "throttled": r.throttled, "hot": r.hot, "cpu_freq_min_khz": freq.get("min"),
+        "cpu_freq_max_khz": freq.get("max"), "temp_max_c": (state.get("temp_c") or {}).get("max"),
+        "warmup_runs": r.warmup_runs, "sample_count": r.samples.count if r.samples else None,
+    }
 
 
 def _write_quarantine(path: Path, lines: list[QuarantinedLine]) -> Path | None:

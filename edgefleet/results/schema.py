@@ -58,7 +58,30 @@ class Thermal(_Tolerant):
     after: list[dict[str, Any]] = Field(default_factory=list)
 
 
+SAMPLES_ENCODING = "f32-us-gzip-b64"
+
+
+class Samples(_Tolerant):
+    """Every timed run as measured (edgefleet.results.samples decodes them)."""
+
+    encoding: Literal["f32-us-gzip-b64"]
+    count: NonNegativeInt
+    data: StrictStr
+
+
+class Drift(_Tolerant):
+    """The last third of the timed runs against the first third (None: too few runs to tell)."""
+
+    ratio: NonNegativeFloat | None = None
+    z: float | None = None
+    threshold: NonNegativeFloat | None = None
+    drifting: StrictBool | None = None
+
+
 MEASUREMENTS = ("load_ms", "first_inference_ms", "runs", "duration_s", "latency_ms", "cv", "unstable")
+# Measured by newer agents only, so never required; a cell that did not run must not carry them either.
+OPTIONAL_MEASUREMENTS = ("robust_cv", "p99_over_p50", "drift", "unstable_reasons", "throttled", "hot", "samples",
+                         "device_state")
 
 
 class ResultLine(_Tolerant):
@@ -100,6 +123,18 @@ class ResultLine(_Tolerant):
     thermal: Thermal = Field(default_factory=Thermal)
     env: dict[str, Any] = Field(default_factory=dict)
 
+    warmup_min_runs: NonNegativeInt | None = None
+    robust_cv: NonNegativeFloat | None = None
+    p99_over_p50: NonNegativeFloat | None = None
+    drift: Drift | None = None
+    unstable_reasons: list[StrictStr] | None = None
+    throttled: StrictBool | None = None
+    throttle_reasons: list[StrictStr] | None = None
+    hot: StrictBool | None = None
+    device_state: dict[str, Any] | None = None
+    samples: Samples | None = None
+    cooldown: dict[str, Any] | None = None
+
     @model_validator(mode="after")
     def _status_matches_numbers(self) -> ResultLine:
         if self.status == "ok":
@@ -108,14 +143,22 @@ class ResultLine(_Tolerant):
                 raise ValueError(f"status 'ok' without {', '.join(missing)}")
             if self.runs < 1:
                 raise ValueError("status 'ok' with zero timed runs")
+            self._check_verdicts()
         else:
             if not self.reason:
                 raise ValueError(f"status {self.status!r} needs a reason")
             # A cell that did not run must never look like a (zero) latency.
-            present = [name for name in MEASUREMENTS if getattr(self, name) is not None]
+            present = [name for name in MEASUREMENTS + OPTIONAL_MEASUREMENTS if getattr(self, name) is not None]
             if present:
                 raise ValueError(f"status {self.status!r} carries measurements: {', '.join(present)}")
         return self
+
+    def _check_verdicts(self) -> None:
+        if self.samples is not None and self.samples.count != self.runs:
+            raise ValueError(f"samples holds {self.samples.count} runs, the line says {self.runs}")
+        # An agent that gives reasons gives them for exactly the cells it flags.
+        if self.unstable_reasons is not None and bool(self.unstable_reasons) != self.unstable:
+            raise ValueError(f"unstable is {self.unstable} with reasons {self.unstable_reasons}")
 
     @property
     def delegate_name(self) -> str | None:

@@ -9,9 +9,11 @@ SPEC = RuntimeSpec(
     formats=("tflite", "edgetpu"),
     device_modules=("ai_edge_litert", "tflite_runtime", "tensorflow"),
     delegates={
-        "cpu": DelegateSpec(),
-        # XNNPACK is the TFLite CPU default since 2.3; naming it just records the intent.
-        "xnnpack": DelegateSpec(),
+        # TFLite's own CPU path both: "cpu" asks for its default delegates (XNNPACK) off, so it times the
+        # builtin kernels; "xnnpack" keeps them on. The agent records in runtime_info whether XNNPACK ran, and
+        # says so where an interpreter cannot turn it off (then the two cells time the same thing).
+        "cpu": DelegateSpec({"name": "cpu", "default_delegates": False}),
+        "xnnpack": DelegateSpec({"name": "xnnpack", "default_delegates": True}),
         "edgetpu": DelegateSpec({"name": "edgetpu", "library": "libedgetpu.so.1", "options": {}},
                                 frozenset({"edgetpu"})),
         "gpu-fp16": DelegateSpec({"name": "gpu", "library": GPU, "options": {"precision_loss_allowed": "1"}}),

@@ -32,7 +32,11 @@ def edgetpu_preflight(ctx: StepContext) -> StepResult:
 
 
 def edgetpu_compile(ctx: StepContext) -> StepResult:
-    """Input "model": a full-int8 .tflite. Params: the CompilerOptions fields."""
+    """Input "model": a full-int8 .tflite. Params: the CompilerOptions fields.
+
+    compile_model accepts an output only once verify_compiled has matched it to the compiler's log
+    (edgetpu-custom-op present, CPU ops as logged, the log's input model is this step's input).
+    """
     from pydantic import ValidationError
 
     from edgefleet.edgetpu.compile import LOG_FILE, RESULT_FILE, CompilerOptions, compile_model

@@ -53,8 +53,8 @@ def _register_all() -> None:
         StepKind("openvino.convert", "tf", "edgefleet.steps.convert:openvino_convert"),
         StepKind("edgetpu.preflight", "tf", "edgefleet.steps.edgetpu:edgetpu_preflight"),
         StepKind("edgetpu.compile", "edgetpu", "edgefleet.steps.edgetpu:edgetpu_compile"),
-        StepKind("tftrt.freeze", "tftrt-prep", "edgefleet.steps.tftrt:tftrt_freeze"),
-        StepKind("tftrt.rewrite", "tftrt-prep", "edgefleet.steps.tftrt:tftrt_rewrite", version=2),  # + script beside
+        StepKind("tftrt.freeze", "tftrt-prep", "edgefleet.steps.tftrt:tftrt_freeze", version=2),  # deterministic bytes
+        StepKind("tftrt.rewrite", "tftrt-prep", "edgefleet.steps.tftrt:tftrt_rewrite", version=3),  # + script beside, deterministic bytes
         StepKind("tftrt.device_script", "tftrt-prep", "edgefleet.steps.tftrt:tftrt_device_script"),
         StepKind("runtime.wheelhouse", "runtime", "edgefleet.steps.runtime:runtime_wheelhouse"),
         # Needs PyPI (the pinned runtime's x86_64 wheel) but no converter: the runtime image has both.

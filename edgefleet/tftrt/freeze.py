@@ -110,7 +110,9 @@ def freeze_model(source: Path, *, signature_key: str = "serving_default", batch_
 
 
 def write_graph(graph_def: GraphDef, path: Path) -> None:
-    path.write_bytes(graph_def.SerializeToString())
+    # Deterministic: node attrs are a protobuf map, whose order otherwise varies between processes, and a
+    # rewrite that changed nothing must give the same bytes (deploy measures identical variants once).
+    path.write_bytes(graph_def.SerializeToString(deterministic=True))
 
 
 def read_graph(path: Path) -> GraphDef:

@@ -23,6 +23,9 @@ EMPTY_MEASUREMENT = {
     "load_ms": None, "first_inference_ms": None, "warmup_runs": None, "runs": None, "duration_s": None,
     "stopped_by": None, "latency_ms": None, "cv": None, "unstable": None, "delegate_coverage": None,
     "runtime_info": None, "inputs": None, "outputs": None,
+    "warmup_min_runs": None, "warmup_max_runs": None, "warmup_stopped_by": None, "robust_cv": None,
+    "p99_over_p50": None, "drift": None, "unstable_reasons": None, "device_state": None, "samples": None,
+    "throttled": None, "throttle_reasons": None, "hot": None,
 }
 
 
@@ -107,7 +110,7 @@ def _timed_section(record, run, cell, runtime, path, workdir, run_dir):
     session = runtime.load(path, cell["threads"], cell.get("delegate"), cell.get("params") or {})
     record["load_ms"] = (time.perf_counter() - start) * 1000.0
     feeds, record["inputs"] = make_feeds(session.input_details(), cell.get("input"), workdir)
-    measured = measure(session, feeds, run["bench"])
+    measured = measure(session, feeds, run["bench"], noise=record["env"].get("noise_floor"))
     spec = cell_eval_spec(run, cell)
     if spec is not None:  # eval latencies are timings too: inside the exclusive section
         record["eval"] = _evaluate(session, spec, cell["cell"], workdir, run_dir)

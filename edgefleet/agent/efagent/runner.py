@@ -5,11 +5,11 @@ line supersedes the old one.
 """
 import os
 import signal
-import time
 import traceback
 from typing import Any, Dict, List, Mapping, Optional
 
 from . import AGENT_VERSION
+from .bench import noise_floor
 from .cell import bench_cell
 from .envprobe import static_fingerprint
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, AgentError, Interrupted
@@ -17,6 +17,7 @@ from .fileio import append_jsonl, read_jsonl
 from .locks import ExclusiveBench, QuietHost, RunLock
 from .log import log
 from .runfile import DEFAULT_QUIET_WAIT_S, load_run
+from .sampler import wait_until_cool
 from .status import RESULTS_FILE, StatusWriter
 
 
@@ -102,28 +103,46 @@ def _run_on_host(run, run_dir, workdir, previous, status):
 def _run_cells(run, run_dir, workdir, previous, status, quiet, host_wait_ms):
     # type: (Dict[str, Any], str, str, Dict[str, List[str]], StatusWriter, Optional[QuietHost], float) -> int
     env = static_fingerprint(run["emulated"], run.get("emulation"))
+    # Once per run, inside the host's bench lock: what the timer alone spreads on this device.
+    env["noise_floor"] = noise_floor()
+    log("timer noise floor: p50 {:.6f} ms, IQR {:.6f} ms".format(env["noise_floor"]["p50_ms"],
+                                                                env["noise_floor"]["iqr_ms"]))
     status.write("running", 0)
-    measured_any = False
+    last = None  # type: Optional[Dict[str, Any]]
     for cell in run["cells"]:
         if "ok" in previous.get(cell["cell"], []):
             log("skip cell {}: already ok".format(cell["cell"]))
             status.done += 1
             continue
-        if measured_any and run["bench"]["cooldown_s"] > 0:
-            status.write("running", status.done, "cooldown before " + cell["cell"])
-            time.sleep(run["bench"]["cooldown_s"])
+        cooldown = _cooldown(run["bench"], last, cell, status)
         record = _run_cell(run, cell, run_dir, workdir, env, status, quiet)
+        record["cooldown"] = cooldown
         if record.get("exclusive_wait_ms") is not None:
             # The run waited for the host's lock once, before its first cell: that cell reports it.
             record["exclusive_wait_ms"] += host_wait_ms
             host_wait_ms = 0.0
         append_jsonl(os.path.join(run_dir, RESULTS_FILE), record)
-        measured_any = True
+        last = record
         status.done += 1
         log("cell {}: {}{}".format(cell["cell"], record["status"], _summary(record)))
     status.write("done", status.done)
     log("run {} done: {} cells".format(run["run_id"], status.done))
     return EXIT_OK
+
+
+def _cooldown(bench, last, cell, status):
+    # type: (Mapping[str, Any], Optional[Mapping[str, Any]], Mapping[str, Any], StatusWriter) -> Optional[Dict[str, Any]]
+    """The pause after a measured cell: until the board is back near the temperature that cell started
+    at (or under the profile's limit), ``cooldown_s`` at most; a fixed ``cooldown_s`` without thermal zones."""
+    if last is None or bench["cooldown_s"] <= 0:
+        return None
+    status.write("running", status.done, "cooldown before " + cell["cell"])
+    before = [zone["temp_c"] for zone in (last.get("thermal") or {}).get("before") or []]
+    waited = wait_until_cool(bench["cooldown_s"], max(before) if before else None, bench.get("max_temp_c"))
+    if waited["mode"] == "thermal":
+        log("cooldown before {}: {:.1f} s to {} C (target {:.1f} C)".format(
+            cell["cell"], waited["waited_s"], waited["temp_c"], waited["target_c"]))
+    return waited
 
 
 def _run_cell(run, cell, run_dir, workdir, env, status, quiet):
@@ -138,7 +157,9 @@ def _summary(record):
     # type: (Mapping[str, Any]) -> str
     if record["status"] != "ok":
         return " ({})".format(record["reason"])
-    return " p50={:.3f} ms p90={:.3f} ms runs={} cv={:.3f}{}".format(
-        record["latency_ms"]["p50"], record["latency_ms"]["p90"], record["runs"], record["cv"] or 0.0,
-        " UNSTABLE" if record["unstable"] else "")
+    flags = ["UNSTABLE ({})".format(", ".join(record["unstable_reasons"]))] if record["unstable"] else []
+    flags += [name.upper() for name in ("throttled", "hot") if record.get(name)]
+    return " p50={:.3f} ms p90={:.3f} ms runs={} warm-up={} robust cv={:.3f}{}".format(
+        record["latency_ms"]["p50"], record["latency_ms"]["p90"], record["runs"], record["warmup_runs"],
+        record["robust_cv"] or 0.0, "".join(" " + flag for flag in flags))
 

@@ -216,10 +216,9 @@ class TFLiteRuntime(Runtime):
             except ImportError as exc:
                 errors.append("{}: {}".format(module_name, exc))
                 continue
-            # tf.lite keeps load_delegate under experimental.
-            load_delegate = getattr(module, "load_delegate", None) or module.experimental.load_delegate
+            load_delegate = self._attribute(module, "load_delegate")
             version = distribution_version(*dists) or getattr(module, "__version__", None)
-            return TFLiteLibrary(module_name, version, module.Interpreter, load_delegate)
+            return TFLiteLibrary(module_name, version, self._attribute(module, "Interpreter"), load_delegate)
         raise RuntimeMissing("no TFLite interpreter installed ({})".format("; ".join(errors)))
 
     def version(self):
@@ -229,10 +228,13 @@ class TFLiteRuntime(Runtime):
 
     def load(self, path, threads, delegate, params):
         # type: (str, int, Optional[Mapping[str, Any]], Mapping[str, Any]) -> Session
+        """A payload with "default_delegates" is TFLite's own CPU path (no library to load): False asks for
+        XNNPACK off, so the cpu and xnnpack cells time different things. Any other payload is a delegate."""
         library = self._library()
         delegates = []
         info = {"module": library.module, "version": library.version}  # type: Dict[str, Any]
-        if delegate:
+        cpu_path = not delegate or "default_delegates" in delegate
+        if not cpu_path:
             name = delegate.get("library") or delegate["name"]
             try:
                 delegates.append(library.load_delegate(name, dict(delegate.get("options") or {})))
@@ -240,10 +242,54 @@ class TFLiteRuntime(Runtime):
                 raise RuntimeMissing("delegate {!r} could not be loaded from {!r}: {}".format(
                     delegate["name"], name, exc))
             info["delegate_library"] = loaded_library_path(name)
+        kwargs = {}  # type: Dict[str, Any]
+        defaults_off = bool(delegate) and cpu_path and not delegate["default_delegates"]
+        resolver = self._without_default_delegates(importlib.import_module(library.module)) if defaults_off else None
+        if resolver is not None:
+            kwargs["experimental_op_resolver_type"] = resolver
         interpreter = library.Interpreter(model_path=path, num_threads=threads,
-                                          experimental_delegates=delegates or None)
+                                          experimental_delegates=delegates or None, **kwargs)
         interpreter.allocate_tensors()
-        return TFLiteSession(interpreter, info, bool(delegates))
+        session = TFLiteSession(interpreter, info, bool(delegates))
+        if cpu_path:
+            session.info.update(self._xnnpack_facts(session, resolver is not None, defaults_off))
+        return session
+
+    @staticmethod
+    def _attribute(module, name):
+        # type: (Any, str) -> Any
+        """``name`` from an interpreter module, or None. tf.lite keeps load_delegate and OpResolverType under
+        experimental, and importing "tensorflow.lite" before tensorflow itself gives TF's source package, which
+        has none of them: tensorflow.lite.python.interpreter defines Interpreter, load_delegate and the enum."""
+        found = getattr(module, name, None) or getattr(getattr(module, "experimental", None), name, None)
+        if found is None and module.__name__.startswith("tensorflow"):
+            found = getattr(importlib.import_module("tensorflow.lite.python.interpreter"), name, None)
+        return found
+
+    @classmethod
+    def _without_default_delegates(cls, module):
+        # type: (Any) -> Any
+        """OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES where this interpreter module has it (LiteRT, and
+        TensorFlow/tflite-runtime since about 2.5), else None."""
+        return getattr(cls._attribute(module, "OpResolverType"), "BUILTIN_WITHOUT_DEFAULT_DELEGATES", None)
+
+    @staticmethod
+    def _xnnpack_facts(session, turned_off, asked_off):
+        # type: (TFLiteSession, bool, bool) -> Dict[str, Any]
+        """Whether XNNPACK ran, for the cpu and xnnpack cells: what tells them apart."""
+        if turned_off:
+            return {"default_delegates": "off", "xnnpack": False}
+        coverage = session.delegate_coverage()
+        # With no explicit delegate, DELEGATE nodes are XNNPACK's partitions; none seen may mean off or unused.
+        xnnpack = True if coverage and coverage["delegate_nodes"] else None
+        facts = {"default_delegates": "on", "xnnpack": xnnpack}  # type: Dict[str, Any]
+        if asked_off:
+            facts["xnnpack_note"] = ("this interpreter cannot turn off its default delegates (no OpResolverType."
+                                     "BUILTIN_WITHOUT_DEFAULT_DELEGATES): this cpu cell ran with them (XNNPACK) on, "
+                                     "like the xnnpack cell, so the two time the same thing")
+        elif xnnpack is None:
+            facts["xnnpack_note"] = "no op was delegated: XNNPACK is off in this build or took no op of this model"
+        return facts
 
 
 # ---------------------------------------------------------------- ONNX Runtime
