@@ -20,6 +20,9 @@ class Settings(BaseModel):
     backend: Literal["local", "docker"] = Field("local", description="Where build steps run.")
     docker_host: str | None = Field(None, description="Remote engine, e.g. ssh://user@buildbox; default DOCKER_HOST.")
     default_model: str = "shapes"
+    # The model the demo deploys to a target instead of default_model (jetson-nano: a model whose TF-TRT
+    # rewrites have something to rewrite).
+    demo_models: dict[str, str] = Field(default_factory=dict)
     jobs: int = Field(2, ge=1, le=64)
     step_timeout_s: float = Field(3600.0, gt=0)
 

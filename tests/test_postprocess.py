@@ -187,6 +187,83 @@ def test_quantized_outputs_decode_close_to_float_ones():
     assert dets[0]["bbox"] == pytest.approx([30.0, 20.0, 40.0, 30.0], abs=0.5)
 
 
+# ---------------------------------------------------------------- already-decoded detections (kind detections)
+
+DETECTIONS = {"num_classes": 3, "score_threshold": 0.05, "max_detections": 50}
+
+
+def _nms_outputs(found, slots=5):
+    """A post-NMS model's outputs for ``found`` [(yxyx normalised, class, score)]; padding is zeros."""
+    boxes, scores, classes = np.zeros((1, slots, 4), np.float32), np.zeros((1, slots), np.float32), \
+        np.zeros((1, slots), np.float32)
+    for i, (box, cls, score) in enumerate(found):
+        boxes[0, i], classes[0, i], scores[0, i] = box, cls, score
+    return {"boxes": boxes, "scores": scores, "classes": classes,
+            "num_detections": np.array([len(found)], np.float32)}
+
+
+def test_detections_in_any_output_order_come_back_in_image_pixels():
+    found = [([0.1, 0.2, 0.5, 0.6], 2, 0.9), ([0.5, 0.5, 1.0, 0.75], 0, 0.4)]
+    out = _nms_outputs(found)
+    # TFLite lists this model's outputs as num_detections, boxes, classes, scores, under meaningless names.
+    as_list = [out["num_detections"], out["boxes"], out["classes"], out["scores"]]
+    dets = pp.read_detections(as_list, DETECTIONS, (200, 100))  # stretch: x * 200, y * 100
+    assert [d["category_id"] for d in dets] == [3, 1]
+    assert [d["score"] for d in dets] == pytest.approx([0.9, 0.4])
+    assert dets[0]["bbox"] == pytest.approx([40.0, 10.0, 80.0, 40.0], abs=1e-4)  # [x, y, w, h]
+    assert dets[1]["bbox"] == pytest.approx([100.0, 50.0, 50.0, 50.0], abs=1e-4)
+    for order in ([3, 2, 1, 0], [2, 0, 3, 1]):
+        assert pp.read_detections([as_list[i] for i in order], DETECTIONS, (200, 100)) == dets
+    # The TensorFlow object detection API's names pick the outputs by name.
+    named = {"detection_" + k if k != "num_detections" else k: v for k, v in out.items()}
+    assert pp.read_detections(named, DETECTIONS, (200, 100)) == dets
+    assert pp.read_detections(out, DETECTIONS, (200, 100)) == dets
+
+
+def test_detections_tell_saturated_scores_from_classes():
+    # fp16 rounds confident scores to exactly 1.0: whole numbers, like classes. Class 0 (or 2) cannot be a
+    # score of a kept detection, and when every value of both is 1 either reading is the same.
+    out = _nms_outputs([([0.1, 0.1, 0.3, 0.3], 1, 1.0), ([0.5, 0.5, 0.9, 0.9], 0, 1.0)])
+    for outputs in ([out["scores"], out["classes"], out["boxes"], out["num_detections"]],
+                    [out["classes"], out["scores"], out["boxes"], out["num_detections"]]):
+        assert [(d["category_id"], d["score"]) for d in pp.read_detections(outputs, DETECTIONS, (96, 96))] == [
+            (2, 1.0), (1, 1.0)]
+    ones = _nms_outputs([([0.1, 0.1, 0.3, 0.3], 1, 1.0)])
+    assert [d["category_id"] for d in pp.read_detections(list(ones.values()), DETECTIONS, (96, 96))] == [2]
+
+
+def test_detections_threshold_cap_padding_and_category_ids():
+    found = [([0.1, 0.1, 0.2, 0.2], 0, 0.8), ([0.3, 0.3, 0.4, 0.4], 1, 0.6), ([0.5, 0.5, 0.6, 0.6], 2, 0.3)]
+    out = _nms_outputs(found, slots=6)
+    out["classes"][0, 4] = 7.0  # a padded slot past num_detections: never read
+    params = {**DETECTIONS, "score_threshold": 0.5, "category_ids": [11, 12, 13]}
+    assert [d["category_id"] for d in pp.read_detections(out, params, (96, 96))] == [11, 12]
+    assert len(pp.read_detections(out, {**DETECTIONS, "max_detections": 1}, (96, 96))) == 1
+    assert pp.read_detections(_nms_outputs([]), DETECTIONS, (96, 96)) == []
+    # letterbox: 192x96 into 96x96 puts the image in rows 24..72 of the input.
+    wide = _nms_outputs([([0.25, 0.0, 0.75, 1.0], 0, 0.9)])
+    det = pp.read_detections(wide, DETECTIONS, (192, 96), resize="letterbox", input_size=(96, 96))[0]
+    assert det["bbox"] == pytest.approx([0.0, 0.0, 192.0, 96.0], abs=1e-4)
+
+
+def test_detections_reject_outputs_they_cannot_read():
+    out = _nms_outputs([([0.1, 0.1, 0.2, 0.2], 0, 0.8)])
+    with pytest.raises(ValueError, match="num_detections"):
+        pp.read_detections([out["boxes"], out["scores"], out["classes"]], DETECTIONS, (96, 96))
+    with pytest.raises(ValueError, match="scores and classes"):
+        pp.read_detections([out["boxes"], out["scores"], out["scores"][:, :3], out["num_detections"]],
+                           DETECTIONS, (96, 96))
+    with pytest.raises(ValueError, match="5 detection slots"):
+        pp.read_detections({**out, "num_detections": np.array([9.0], np.float32)}, DETECTIONS, (96, 96))
+    with pytest.raises(ValueError, match="cannot tell the scores from the classes"):
+        bad = {**out, "classes": np.full((1, 5), 0.5, np.float32)}  # not a class index
+        pp.read_detections(list(bad.values()), DETECTIONS, (96, 96))
+    with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+        pp.read_detections({**out, "classes": np.full((1, 5), 5.0, np.float32)}, DETECTIONS, (96, 96))
+    with pytest.raises(ValueError, match="missing 'num_classes'"):
+        pp.read_detections(out, {}, (96, 96))
+
+
 # ---------------------------------------------------------------- YOLOv5
 
 YOLO = {"score_threshold": 0.25, "iou_threshold": 0.45, "max_detections": 300, "input_size": [640, 640]}

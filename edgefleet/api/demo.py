@@ -32,8 +32,9 @@ def demo(options: DemoOptions, env: Env | None = None) -> CollectOutcome:
     ws = env.workspace(options.workspace)
     say = env.console.rule
     for target in profile_paths(ws.targets_dir):
-        say(f"build: {ws.settings.default_model} for {target}")
-        build(BuildOptions(target=target, workspace=ws.root), env)
+        model = ws.settings.demo_models.get(target, ws.settings.default_model)
+        say(f"build: {model} for {target}")
+        build(BuildOptions(target=target, model=model, workspace=ws.root), env)
     isolation = "netns" if os.geteuid() == 0 else "loopback"
     say(f"emulated fleet ({isolation}, {options.emulate}): {', '.join(options.devices)}")
     up(FleetUpOptions(devices=options.devices, isolation=isolation, emulate=options.emulate, workspace=ws.root),
@@ -45,8 +46,8 @@ def demo(options: DemoOptions, env: Env | None = None) -> CollectOutcome:
         # measure each other.
         for device in options.devices:
             say(f"deploy and benchmark: {device}")
-            outcome = deploy(DeployOptions(target=device, wait=True, bench_overrides=bench, eval=options.evaluate,
-                                           workspace=ws.root), env)
+            outcome = deploy(DeployOptions(target=device, model=ws.settings.demo_models.get(device), wait=True,
+                                           bench_overrides=bench, eval=options.evaluate, workspace=ws.root), env)
             run_ids.append(outcome.run_id)
         say("collect")
         return collect_benchmarks(CollectOptions(runs=tuple(run_ids), workspace=ws.root), env)

@@ -40,7 +40,7 @@ class EvaluatorKind:
 
 
 EVALUATORS: dict[str, EvaluatorKind] = {e.name: e for e in (
-    EvaluatorKind("coco", "detection", ("ssd_anchors", "yolov5"), ("map_50_95", "map_50", "map_75"),
+    EvaluatorKind("coco", "detection", ("ssd_anchors", "yolov5", "detections"), ("map_50_95", "map_50", "map_75"),
                   gate_metric="map_50_95", study_metric="map_50",
                   scorer="edgefleet.evaluation.coco:score_detections", gate_field="max_map_drop", gate_unit="points"),
     EvaluatorKind("labels", "classification", ("argmax",), ("top1", "top5"),

@@ -2,11 +2,16 @@
 """Train edgefleet's bundled shapes detector, deterministically, in a few CPU minutes.
 
     python models/shapes/train.py [--out models/shapes] [--quick] [--seed 0]
+    python models/shapes/train.py --arch relu6-nms [--out models/shapes-relu6]
 
 Writes into --out: shapes_detector.keras, data/val/{images/*.png,annotations.json}
 (the held-out split), data/calibration.npy (uint8 images from the training
 distribution, for int8 calibration) and metrics.json (held-out COCO mAP of the
 saved model, scored with edgefleet.evaluation.coco).
+
+``--arch relu6-nms`` trains the MobileNet-style sibling (ReLU6, depthwise-separable
+blocks) on the same data and writes a SavedModel directory, shapes_relu6_detector,
+with the box decode and NMS inside its graph, instead of the .keras file.
 
 The anchor layout and decode parameters come from recipe.yaml next to this
 script, and anchors/box encoding come from edgefleet.agent.postprocess, the
@@ -21,7 +26,8 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,11 +114,7 @@ def build_model(params: dict[str, Any], image_size: int, batch_size: int | None,
     import keras
     from keras import layers
 
-    num_classes = int(params["num_classes"])
-    per_location = pp.anchors_per_location(params)
-    sizes = [tuple(fm) for fm in params["feature_maps"]]
-    if sorted(sizes) != sorted(FEATURE_LAYERS):
-        raise SystemExit(f"recipe feature_maps {sizes} do not match the backbone's {sorted(FEATURE_LAYERS)}")
+    sizes = _feature_sizes(params)
 
     def conv_bn(x, filters: int, stride: int, name: str):
         x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=name)(x)
@@ -127,8 +129,62 @@ def build_model(params: dict[str, Any], image_size: int, batch_size: int | None,
     stage3 = conv_bn(x, 64, 1, "stage3")
     x = conv_bn(stage3, 96, 2, "stage4a")     # 6
     stage4 = conv_bn(x, 96, 1, "stage4")
-    features = {"stage3": stage3, "stage4": stage4}
+    boxes, scores = _heads({"stage3": stage3, "stage4": stage4}, params, sizes, with_sigmoid)
+    return keras.Model(image, [boxes, scores], name="shapes_detector")
 
+
+def build_relu6_model(params: dict[str, Any], image_size: int, batch_size: int | None, with_sigmoid: bool):
+    """The MobileNet-style sibling (``--arch relu6-nms``): ReLU6 activations, and depthwise-separable
+    blocks at 6x6. Same feature maps, heads and raw outputs as build_model.
+    """
+    import keras
+    from keras import layers
+
+    sizes = _feature_sizes(params)
+
+    def bn_relu6(x, name: str):
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        return layers.Activation("relu6", name=f"{name}_relu6")(x)  # a Relu6 op, what TF-TRT rewrites
+
+    def conv_bn(x, filters: int, stride: int, name: str):
+        x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=name)(x)
+        return bn_relu6(x, name)
+
+    def separable(x, filters: int, stride: int, name: str):
+        x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
+        x = bn_relu6(x, f"{name}_dw")
+        x = layers.Conv2D(filters, 1, use_bias=False, name=name)(x)
+        return bn_relu6(x, name)
+
+    image = keras.Input(shape=(image_size, image_size, 3), batch_size=batch_size, name="image")
+    # Full convolutions up to 12x12, as build_model: separable ones there cost too much accuracy
+    # (held-out mAP@0.5 after 8 epochs: 0.76 with them from 24x24 on, 0.83 from 12x12 on, 0.85 as here).
+    x = conv_bn(image, 16, 2, "stem")        # 48
+    x = conv_bn(x, 32, 2, "stage1")          # 24
+    x = conv_bn(x, 32, 1, "stage1b")
+    x = conv_bn(x, 64, 2, "stage2")          # 12
+    stage3 = conv_bn(x, 64, 1, "stage3")
+    x = separable(stage3, 128, 2, "stage4a")  # 6
+    x = separable(x, 128, 1, "stage4b")
+    stage4 = separable(x, 128, 1, "stage4")
+    boxes, scores = _heads({"stage3": stage3, "stage4": stage4}, params, sizes, with_sigmoid)
+    return keras.Model(image, [boxes, scores], name="shapes_relu6_detector")
+
+
+def _feature_sizes(params: dict[str, Any]) -> list[tuple[int, int]]:
+    sizes = [tuple(fm) for fm in params["feature_maps"]]
+    if sorted(sizes) != sorted(FEATURE_LAYERS):
+        raise SystemExit(f"recipe feature_maps {sizes} do not match the backbone's {sorted(FEATURE_LAYERS)}")
+    return sizes
+
+
+def _heads(features: dict[str, Any], params: dict[str, Any], sizes: list[tuple[int, int]], with_sigmoid: bool):
+    """The SSD heads both backbones share: (1, A, 4) box deltas and (1, A, C) class logits or scores."""
+    import keras
+    from keras import layers
+
+    num_classes = int(params["num_classes"])
+    per_location = pp.anchors_per_location(params)
     bias = float(-np.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))
     box_parts, cls_parts = [], []
     for (height, width), k in zip(sizes, per_location):
@@ -142,7 +198,7 @@ def build_model(params: dict[str, Any], image_size: int, batch_size: int | None,
     boxes = layers.Concatenate(axis=1, name="boxes")(box_parts)
     logits = layers.Concatenate(axis=1, name="class_logits")(cls_parts)
     scores = layers.Activation("sigmoid", name="scores")(logits) if with_sigmoid else logits
-    return keras.Model(image, [boxes, scores], name="shapes_detector")
+    return boxes, scores
 
 
 # ---------------------------------------------------------------- training
@@ -216,17 +272,158 @@ def predict_detections(model, images: np.ndarray, recipe: dict[str, Any]) -> lis
     return detections
 
 
+def predict_exported(saved_model: Path, images: np.ndarray, recipe: dict[str, Any]) -> list[dict[str, Any]]:
+    """The exported SavedModel's serving signature, image by image, read with the device's ``detections`` code."""
+    import tensorflow as tf
+
+    norm = recipe["input"]["normalization"]
+    mean = np.asarray(norm["mean"], dtype=np.float32)
+    std = np.asarray(norm["std"], dtype=np.float32)
+    params = recipe["task"]["postprocess"]["params"]
+    serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    detections = []
+    for index, image in enumerate(images):
+        x = ((image.astype(np.float32) - mean) / std)[None]
+        outputs = {k: v.numpy() for k, v in serve(tf.constant(x)).items()}
+        height, width = image.shape[:2]
+        for det in pp.read_detections(outputs, params, (width, height)):
+            detections.append({"image_id": index + 1, **det})
+    return detections
+
+
+# ---------------------------------------------------------------- export with NMS (--arch relu6-nms)
+
+def export_with_nms(model, params: dict[str, Any], path: Path) -> None:
+    """Write a SavedModel whose serving signature decodes the boxes and runs NMS inside the graph.
+
+    Signature: ``image`` (1, H, W, 3) float32 in [0, 1] -> ``boxes`` (1, N, 4) [ymin, xmin, ymax,
+    xmax] normalised, ``scores`` (1, N), ``classes`` (1, N) float 0-based, ``num_detections`` (1,),
+    N = max_detections; slots past num_detections are zero. It is the ssd_anchors decode of
+    postprocess.py in TensorFlow ops that TF 1.15 also has (the Jetson's), with NonMaxSuppressionV4.
+    """
+    import tensorflow as tf
+
+    image_shape = tuple(int(d) for d in model.inputs[0].shape)
+    module = tf.Module()
+    # Tracked in the model's own order: keras.export.ExportArchive lists them in an order that
+    # changes from run to run, and so do the SavedModel's bytes.
+    module.weights = [v.value for v in model.variables]
+    module.serve = tf.function(_nms_head(model, params),
+                               input_signature=[tf.TensorSpec(image_shape, tf.float32, name="image")])
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def _nms_head(model, params: dict[str, Any]):
+    import tensorflow as tf
+
+    anchors = pp.generate_anchors(params)
+    centers, sides = tf.constant(anchors[:, :2]), tf.constant(anchors[:, 2:])
+    variances = np.asarray(params["variances"], dtype=np.float32)
+    num_classes = int(params["num_classes"])
+    top_k = int(params["pre_nms_top_k"])
+    max_detections = int(params["max_detections"])
+
+    def serve(image):
+        # A caller that forgets the recipe's / 255 gets an error, not an empty result. It is also the
+        # Assert op (with control edges to every output) that TF-TRT's remove_asserts rewrite drops.
+        # String-only data keeps it one Assert op: float data would wrap it in a Switch/Merge cond.
+        checked = tf.debugging.Assert(tf.logical_and(tf.reduce_min(image) >= 0.0, tf.reduce_max(image) <= 1.0),
+                                      ["image values must lie in [0, 1] (pixels / 255)"])
+        with tf.control_dependencies([checked]):
+            image = tf.identity(image)
+        deltas, scores = model(image, training=False)  # (1, A, 4), (1, A, C)
+        # pp.decode_boxes, in float32: centre shifts and log-size scales against the anchors.
+        cxy = deltas[0, :, :2] * variances[:2] * sides + centers
+        wh = tf.exp(tf.minimum(deltas[0, :, 2:] * variances[2:], pp._MAX_LOG_SCALE)) * sides
+        lo = tf.minimum(tf.maximum(cxy - wh / 2.0, 0.0), 1.0)
+        hi = tf.minimum(tf.maximum(cxy + wh / 2.0, 0.0), 1.0)
+        yxyx = tf.concat([lo[:, 1:2], lo[:, 0:1], hi[:, 1:2], hi[:, 0:1]], axis=1)
+        # The best (anchor, class) pairs, as the host decode's pre_nms_top_k.
+        best_scores, best = tf.math.top_k(tf.reshape(scores[0], [-1]), k=top_k)
+        anchor_index = best // num_classes
+        class_index = best - anchor_index * num_classes
+        candidates = tf.gather(yxyx, anchor_index)
+        # Class-wise NMS in one op: boxes lie in [0, 1], so shifting each class by 2 keeps classes apart.
+        shifted = candidates + 2.0 * tf.cast(class_index, tf.float32)[:, None]
+        selected, valid = tf.raw_ops.NonMaxSuppressionV4(
+            boxes=shifted, scores=best_scores, max_output_size=max_detections,
+            iou_threshold=float(params["iou_threshold"]), score_threshold=float(params["score_threshold"]),
+            pad_to_max_output_size=True)
+        # Padded slots repeat index 0; zero them so only the first num_detections mean anything.
+        live = tf.cast(tf.range(max_detections) < valid, tf.float32)
+        return {
+            "boxes": (tf.gather(candidates, selected) * live[:, None])[None],
+            "scores": (tf.gather(best_scores, selected) * live)[None],
+            "classes": (tf.cast(tf.gather(class_index, selected), tf.float32) * live)[None],
+            "num_detections": tf.cast(valid, tf.float32)[None],
+        }
+
+    return serve
+
+
 # ---------------------------------------------------------------- main
+
+@dataclass(frozen=True)
+class Arch:
+    build: Callable[..., Any]   # build_model's signature
+    model_file: str
+    out: Path                   # the default --out
+    recipe: Path                # the recipe whose input, classes and postprocess score the held-out split
+    with_nms: bool              # saved as a SavedModel with decode + NMS inside, not as .keras
+    epochs: int = FULL.epochs   # of a full run
+
+
+# Both read the anchor layout from models/shapes/recipe.yaml (RECIPE): the relu6-nms model bakes it in.
+ARCHS = {
+    "ssd-relu": Arch(build_model, MODEL_FILE, HERE, RECIPE, with_nms=False),
+    # 12 epochs: the separable blocks learn slower; 8 left it at mAP@0.5 0.85.
+    "relu6-nms": Arch(build_relu6_model, "shapes_relu6_detector", HERE.parent / "shapes-relu6",
+                      HERE.parent / "shapes-relu6" / "recipe.yaml", with_nms=True, epochs=12),
+}
+
+
+def save_model(arch: Arch, model, params: dict[str, Any], path: Path) -> None:
+    if arch.with_nms:
+        export_with_nms(model, params, path)
+    else:
+        model.save(path)
+
+
+def held_out_detections(arch: Arch, path: Path, images: np.ndarray, recipe: dict[str, Any]) -> list[dict[str, Any]]:
+    """The saved model's detections, reloaded from disk and decoded as its recipe says."""
+    if arch.with_nms:
+        return predict_exported(path, images, recipe)
+    import keras
+
+    return predict_detections(keras.models.load_model(path, compile=False), images, recipe)
+
+
+def check_recipes(anchors_recipe: dict[str, Any], eval_recipe: dict[str, Any]) -> None:
+    """The relu6-nms recipe must describe what the export bakes in from the anchors recipe."""
+    same = [("input", "shape"), ("input", "normalization"), ("task", "classes")]
+    for section, key in same:
+        if anchors_recipe[section][key] != eval_recipe[section][key]:
+            raise SystemExit(f"recipes disagree on {section}.{key}: {anchors_recipe[section][key]} vs "
+                             f"{eval_recipe[section][key]}")
+    baked = anchors_recipe["task"]["postprocess"]["params"]["max_detections"]
+    if eval_recipe["task"]["postprocess"]["params"].get("max_detections", baked) != baked:
+        raise SystemExit(f"the export keeps {baked} detections; the recipe's max_detections must match")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=HERE, help="output directory (default: next to this script)")
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="ssd-relu",
+                        help="ssd-relu: the shapes model (default); relu6-nms: its MobileNet-style sibling "
+                             "with decode + NMS in the exported graph, for the TF-TRT rewrites")
+    parser.add_argument("--out", type=Path, help="output directory (default: the arch's model folder)")
     parser.add_argument("--quick", action="store_true", help="tiny data and 2 epochs: a smoke test, not a model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, help="override the number of epochs")
     parser.add_argument("--train-images", type=int, help="override the number of training images")
     args = parser.parse_args(argv)
-    config = QUICK if args.quick else FULL
+    arch = ARCHS[args.arch]
+    out = args.out or arch.out
+    config = QUICK if args.quick else replace(FULL, epochs=arch.epochs)
     overrides = {"seed": args.seed, "epochs": args.epochs, "train_images": args.train_images}
     config = Config(**{**config.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
     if config.epochs < 1 or config.train_images < config.batch_size:
@@ -240,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     tf.config.experimental.enable_op_determinism()
 
     recipe = load_recipe()
+    eval_recipe = load_recipe(arch.recipe)
+    check_recipes(recipe, eval_recipe)
     classes = list(recipe["task"]["classes"])
     params = recipe["task"]["postprocess"]["params"]
     if int(params["num_classes"]) != len(classes) or tuple(classes) != shapes.CLASSES:
@@ -257,28 +456,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {len(train_images)} train / {len(val_images)} val / {len(calibration)} calibration images, "
           f"{len(anchors)} anchors, {data_seconds:.1f}s")
 
-    model = build_model(params, image_size, batch_size=None, with_sigmoid=False)
+    model = arch.build(params, image_size, batch_size=None, with_sigmoid=False)
     started = time.perf_counter()
     train(model, train_images, labels, targets, config, len(classes))
     train_seconds = time.perf_counter() - started
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     # Everything is built in a scratch directory and moved in at the end: an interrupted
     # run leaves the previous model, split and metrics intact and consistent.
-    with tempfile.TemporaryDirectory(dir=args.out, prefix=".train-") as tmp:
+    with tempfile.TemporaryDirectory(dir=out, prefix=".train-") as tmp:
         scratch = Path(tmp)
-        exported = build_model(params, image_size, batch_size=1, with_sigmoid=True)
+        exported = arch.build(params, image_size, batch_size=1, with_sigmoid=True)
         for layer in exported.layers:  # by name: both graphs share layer names, not necessarily order
             if layer.weights:
                 layer.set_weights(model.get_layer(layer.name).get_weights())
-        exported.save(scratch / MODEL_FILE)
+        save_model(arch, exported, params, scratch / arch.model_file)
         annotations_json = shapes.write_coco(scratch / "data" / "val", val_images, val_ann, classes)
         np.save(scratch / "data" / "calibration.npy", calibration)
 
-        reloaded = keras.models.load_model(scratch / MODEL_FILE, compile=False)
-        score = score_detections(annotations_json, predict_detections(reloaded, val_images, recipe))
+        score = score_detections(annotations_json,
+                                 held_out_detections(arch, scratch / arch.model_file, val_images, eval_recipe))
         metrics = {
-            "model": MODEL_FILE,
+            "model": arch.model_file,
             "map_50": round(score["map_50"], 4),
             "map_50_95": round(score["map_50_95"], 4),
             "map_75": round(score["map_75"], 4),
@@ -301,15 +500,28 @@ def main(argv: list[str] | None = None) -> int:
             "keras": keras.__version__,
             "cpu_count": os.cpu_count(),
         }
+        if arch.with_nms:
+            metrics.update(nms_metrics(args.arch, exported, val_images, recipe, annotations_json))
         (scratch / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
-        (args.out / "data").mkdir(exist_ok=True)
-        if (args.out / "data" / "val").exists():
-            shutil.rmtree(args.out / "data" / "val")
-        for rel in ("data/val", "data/calibration.npy", MODEL_FILE, "metrics.json"):
-            os.replace(scratch / rel, args.out / rel)
+        (out / "data").mkdir(exist_ok=True)
+        if (out / "data" / "val").exists():
+            shutil.rmtree(out / "data" / "val")
+        if (out / arch.model_file).is_dir():
+            shutil.rmtree(out / arch.model_file)  # os.replace cannot replace a non-empty directory
+        for rel in ("data/val", "data/calibration.npy", arch.model_file, "metrics.json"):
+            os.replace(scratch / rel, out / rel)
     print(json.dumps({k: metrics[k] for k in ("map_50", "map_50_95", "parameters", "training_seconds")}))
     return 0
+
+
+def nms_metrics(arch_name: str, model, val_images: np.ndarray, recipe: dict[str, Any],
+                annotations_json: Path) -> dict[str, Any]:
+    """What only the relu6-nms model records: the same weights scored through the host's ssd_anchors decode,
+    which shows the in-graph decode + NMS kept the accuracy."""
+    host = score_detections(annotations_json, predict_detections(model, val_images, recipe))
+    return {"arch": arch_name, "anchors_recipe": "../shapes/recipe.yaml",
+            "ssd_anchors_decode": {"map_50": round(host["map_50"], 4), "map_50_95": round(host["map_50_95"], 4)}}
 
 
 if __name__ == "__main__":

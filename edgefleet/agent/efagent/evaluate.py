@@ -70,6 +70,7 @@ def _top_k(outputs, params, image_size, resize, input_size):
 # postprocess.kind -> decode(outputs, params, image_size, resize, input_size): the kinds a spec may name.
 DECODERS = (
     ("ssd_anchors", postprocess.decode_detections),
+    ("detections", postprocess.read_detections),  # decoded and NMS-ed inside the model's own graph
     ("yolov5", postprocess.decode_yolov5),
     ("argmax", _top_k),
 )  # type: Tuple[Tuple[str, Callable[..., List[Dict[str, Any]]]], ...]

@@ -17,6 +17,8 @@ Conventions
   detections come back as COCO ``bbox = [x, y, w, h]`` in those pixels.
 * ``category_id`` is ``class_index + 1`` (COCO ids 1..C) unless params give
   ``category_ids``, a list mapping class index to id (e.g. COCO's 80 -> 91 ids).
+* Models with decoding and NMS in their graph (kind ``detections``) return boxes
+  ``[ymin, xmin, ymax, xmax]`` normalised to the model input, TensorFlow's order.
 """
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -30,6 +32,8 @@ Detection = Dict[str, Any]
 _MAX_LOG_SCALE = math.log(1000.0 / 16.0)
 _REQUIRED = object()
 SCORE_KINDS = ("sigmoid", "softmax")
+# How far a float class index may sit from a whole number (float rounding, not quantization).
+_WHOLE_TOLERANCE = 1e-3
 RESIZE_MODES = ("stretch", "letterbox")
 
 
@@ -304,6 +308,112 @@ def decode_detections(outputs, params, image_size, resize="stretch", input_size=
                           int(_param(params, "max_detections")))
     xywh = to_image_pixels(boxes[keep], image_size, resize, _input_size(params, input_size))
     return _to_detections(xywh, candidate_scores[keep], class_idx[keep], params)
+
+
+# ---------------------------------------------------------------- already-decoded detections
+
+_DETECTION_KEYS = (("boxes", "box"), ("scores", "score"), ("classes", "class"), ("num", "num"))
+
+
+def _named_detection_outputs(outputs):
+    # type: (Outputs) -> Optional[Dict[str, np.ndarray]]
+    """The four outputs by name (``detection_boxes``, ``scores``, ``num_detections``...), if names say."""
+    if not isinstance(outputs, Mapping):
+        return None
+    chosen = {}
+    for role, part in _DETECTION_KEYS:
+        keys = [k for k in outputs if part in str(k).lower()]
+        if len(keys) != 1:
+            return None
+        chosen[role] = keys[0]
+    if len(set(chosen.values())) != len(chosen):
+        return None  # one name fits two roles ("num_boxes"): shapes decide instead
+    return dict((role, np.asarray(outputs[key])) for role, key in chosen.items())
+
+
+def _fits_classes(values, num_classes):
+    # type: (np.ndarray, int) -> bool
+    rounded = np.round(values)
+    return bool(np.all(np.abs(values - rounded) <= _WHOLE_TOLERANCE)
+                and np.all((rounded >= 0) & (rounded < num_classes)))
+
+
+def _fits_scores(values):
+    # type: (np.ndarray) -> bool
+    return bool(np.all((values > 0) & (values <= 1.0 + _WHOLE_TOLERANCE)))
+
+
+def _scores_and_classes(first, second, count, num_classes):
+    # type: (np.ndarray, np.ndarray, int, int) -> Tuple[np.ndarray, np.ndarray]
+    """Tell the (N,) scores from the (N,) classes by their first ``count`` values.
+
+    Classes are whole numbers in [0, C); scores of kept detections are in (0, 1]. When both
+    orders fit, every value of both is 1, so the two orders give the same detections.
+    """
+    for scores, classes in ((first, second), (second, first)):
+        if _fits_scores(scores[:count]) and _fits_classes(classes[:count], num_classes):
+            return scores, classes
+    raise ValueError("cannot tell the scores from the classes: neither (N,) output holds whole class indices "
+                     "in [0, {}) while the other holds scores in (0, 1]".format(num_classes))
+
+
+def _pick_detection_outputs(outputs, num_classes):
+    # type: (Outputs, int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]
+    """(boxes (N, 4), scores (N,), classes (N,), count) from a post-NMS model's four outputs.
+
+    By name when ``outputs`` is a mapping whose keys contain box/score/class/num once each;
+    otherwise by shape: boxes (1, N, 4), two (1, N) vectors, num_detections (1,). Shape cannot
+    tell scores from classes, so their values do (see _scores_and_classes).
+    """
+    named = _named_detection_outputs(outputs)
+    arrays = list(named.values()) if named else [
+        np.asarray(v) for v in (outputs.values() if isinstance(outputs, Mapping) else outputs)]
+    shapes = [tuple(a.shape) for a in arrays]
+    boxes = [a for a in arrays if a.ndim == 3 and a.shape[0] == 1 and a.shape[2] == 4]
+    counts = [a for a in arrays if a.shape == (1,)]
+    if len(boxes) != 1 or len(counts) != 1:
+        raise ValueError("expected outputs boxes (1, N, 4), scores and classes (1, N) and num_detections (1,), "
+                         "got shapes {}".format(shapes))
+    n = boxes[0].shape[1]
+    vectors = [a for a in arrays if a.shape == (1, n)]
+    if len(arrays) != 4 or len(vectors) != 2:
+        raise ValueError("expected outputs boxes (1, {0}, 4), scores and classes (1, {0}) and num_detections (1,), "
+                         "got shapes {1}".format(n, shapes))
+    count = int(round(float(counts[0][0])))
+    if not 0 <= count <= n:
+        raise ValueError("num_detections is {} for {} detection slots".format(counts[0][0], n))
+    if named:  # the shape checks above hold for them too: both are (1, N)
+        scores, classes = named["scores"][0].astype(np.float64), named["classes"][0].astype(np.float64)
+    else:
+        first, second = (v[0].astype(np.float64) for v in vectors)
+        scores, classes = _scores_and_classes(first, second, count, num_classes)
+    return boxes[0][0].astype(np.float64), scores, classes, count
+
+
+def read_detections(outputs, params, image_size, resize="stretch", input_size=None):
+    # type: (Outputs, Mapping[str, Any], Sequence[int], str, Optional[Sequence[int]]) -> List[Detection]
+    """Read the outputs of a model that decodes and runs NMS in its own graph into COCO detections.
+
+    ``outputs``, in any order, as a list or a name->array mapping (as TensorFlow's object
+    detection API exports them): boxes (1, N, 4) ``[ymin, xmin, ymax, xmax]`` normalised to the
+    model input, scores (1, N), classes (1, N) as 0-based class indices (floats are fine) and
+    num_detections (1,); only the first num_detections slots count. See _pick_detection_outputs
+    for how the outputs are told apart. params: ``num_classes``; optionally ``score_threshold``
+    (drops weaker ones; default 0), ``max_detections`` (a cap) and ``category_ids``.
+    """
+    num_classes = int(_param(params, "num_classes"))
+    boxes, scores, classes, count = _pick_detection_outputs(outputs, num_classes)
+    boxes, scores, classes = boxes[:count], scores[:count], np.round(classes[:count]).astype(np.int64)
+    if np.any((classes < 0) | (classes >= num_classes)):
+        raise ValueError("class indices {} fall outside [0, {})".format(sorted(set(classes.tolist())), num_classes))
+    keep = np.nonzero(scores >= float(params.get("score_threshold", 0.0)))[0]
+    keep = keep[np.argsort(-scores[keep], kind="mergesort")]
+    limit = int(params.get("max_detections", 0))
+    if limit:
+        keep = keep[:limit]
+    xyxy = boxes[keep][:, [1, 0, 3, 2]]
+    xywh = to_image_pixels(xyxy, image_size, resize, _input_size(params, input_size))
+    return _to_detections(xywh, scores[keep], classes[keep], params)
 
 
 # ---------------------------------------------------------------- YOLOv5
