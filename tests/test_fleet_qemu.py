@@ -23,10 +23,13 @@ from edgefleet.api.context import Env
 from edgefleet.api.deploy import DeployOptions, deploy
 from edgefleet.api.fleet import device_specs, userland_for
 from edgefleet.console import make_console
+from edgefleet.deploy.apply import runtime_python
 from edgefleet.deploy.devices import fleet_dir
+from edgefleet.deploy.plan import StartAgent
 from edgefleet.errors import DeployError
 from edgefleet.fleet import DeviceSpec, EmulatedFleet
 from edgefleet.profiles.load import load_profile
+from edgefleet.testing import trt_standin
 from edgefleet.transport.registry import open_transport
 from edgefleet.workspace import open_workspace
 from fleet_fixtures import require_fleet_tools
@@ -38,6 +41,9 @@ pytestmark = [pytest.mark.ssh, pytest.mark.convert, pytest.mark.slow]
 TEST_PROFILES = {
     "rpi3": "extends: rpi3\nformats: {tflite: {quantizations: [fp32, int8]}}\nbench: {threads: [1, 2]}\n",
     "coral": "extends: coral\nbench: {threads: [1]}\n",
+    # One TF-TRT variant (the bundled detector's rewrites change nothing), its tf-native baseline, one tflite.
+    "jetson-nano": "extends: jetson-nano\nformats: {tflite: {quantizations: [fp32]}, tftrt: {jetpack_tf_version: "
+                   "'1.15.5', relu6_replace: [false], nms_on_cpu: [true]}}\nbench: {threads: [1]}\n",
 }
 NO_NUMPY = "rpi3-fresh"  # the same board before its user ran the profile's `apt install python3-numpy`
 
@@ -65,7 +71,7 @@ def qfleet(tmp_path_factory):
         pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
     root = _workspace(tmp_path_factory.mktemp("qemu-ws"))
     targets = root / "targets"
-    specs = device_specs(targets, ("qrpi3", "qcoral"))
+    specs = device_specs(targets, ("qrpi3", "qcoral", "qjetson-nano"))
     fresh = load_profile(targets, NO_NUMPY).profile
     specs.append(DeviceSpec(name=NO_NUMPY, stands_in_for=fresh.device.board, arch=fresh.device.arch,
                             userland=userland_for(fresh, without_packages=("python3-numpy",))))
@@ -164,3 +170,62 @@ def test_a_board_without_its_os_numpy_is_stopped_before_anything_is_sent(qfleet)
     outcome = deploy(DeployOptions(target=NO_NUMPY, wait=True, workspace=root), env())
     assert outcome.applied is not None and outcome.applied.provisioned
     assert outcome.final_status and outcome.final_status["state"] == "done"
+
+
+def _cells(root: Path, run_id: str) -> dict[str, dict]:
+    with sqlite3.connect(results_db_path(open_workspace(root))) as db:
+        return {cell: json.loads(raw) for cell, raw in db.execute("SELECT cell, raw FROM cells WHERE run_id = ?",
+                                                                  (run_id,))}
+
+
+@pytest.fixture(scope="module")
+def jetson_run(qfleet):
+    root, fleet = qfleet
+    return root, fleet, deploy(DeployOptions(target="qjetson-nano", wait=True, workspace=root), env())
+
+
+def test_jetson_times_tf_native_and_each_tftrt_cell_says_why_it_has_no_engine(jetson_run):
+    root, fleet, outcome = jetson_run
+    shipped = {a.remote.rsplit("/", 1)[-1] for a in outcome.plan.uploads}
+    assert {"frozen.pb", "graph.json", "tftrt_convert.py"} <= shipped
+    collected = collect_benchmarks(CollectOptions(runs=(outcome.run_id,), workspace=root), env())
+    assert not collected.errors, collected.errors
+    cells = _cells(root, outcome.run_id)
+
+    native = cells["tf-native/cpu/t1"]
+    assert native["status"] == "ok" and native["latency_ms"]["p50"] > 0, native["reason"]
+    assert native["runtime_info"]["module"] == "tensorflow" and native["env"]["uname"]["machine"] == "aarch64"
+    trt = cells["tftrt-fp16-relu6-nms-cpu/cpu/t1"]
+    # The stand-in TensorFlow has no TensorRT: the script's own reason, not a bare missing_runtime.
+    assert trt["status"] == "missing_runtime", trt["reason"]
+    assert trt["reason"].startswith("tftrt_convert.py: ") and "TensorRT" in trt["reason"]
+    assert trt["runtime_info"]["tftrt"]["tf_version"] == native["runtime_info"]["version"]
+    assert cells["tflite-fp32/cpu/t1"]["status"] == "ok"
+
+
+def test_jetson_tftrt_with_the_tensorrt_standin_converts_once_on_the_device(jetson_run, tmp_path):
+    """TensorRT cannot exist here: edgefleet/testing/trt_standin.py stands in for its converter, named in
+    every line. The agent runs in the foreground on the device with the stand-in's path in its environment."""
+    root, fleet, outcome = jetson_run
+    device = fleet.device("qjetson-nano")
+    run_dir = f"{device.workdir}/runs/{outcome.run_id}"
+    standin = f"{device.workdir}/trt_standin.py"
+    with open_transport(device.connection, name="qjetson-nano") as transport:
+        transport.put(Path(trt_standin.__file__), standin)
+        run = json.loads(transport.run(["cat", f"{run_dir}/run.json"]).stdout)
+        cell = next(c for c in run["cells"] if c["runtime"] == "tftrt")
+        again = f"{run_dir}-standin"
+        config = dict(run, run_id=f"{outcome.run_id}-standin", cells=[cell, dict(cell, cell=cell["cell"] + "-again")])
+        (tmp_path / "run.json").write_text(json.dumps(config))
+        transport.run(["mkdir", "-p", again])
+        transport.put(tmp_path / "run.json", f"{again}/run.json")
+        assert outcome.applied is not None
+        python = runtime_python(device.workdir, outcome.applied.runtime_venv, "python3")
+        agent = next(a for a in outcome.plan.actions if isinstance(a, StartAgent)).agent
+        proc = transport.run(["env", f"EDGEFLEET_TRT_STANDIN={standin}", python, agent, "run", again], timeout=900)
+        lines = [json.loads(line) for line in transport.run(["cat", f"{again}/results.jsonl"]).stdout.splitlines()]
+    assert [line["status"] for line in lines] == ["ok", "ok"], (proc.stderr[-2000:], [l["reason"] for l in lines])
+    facts = [line["runtime_info"]["tftrt"] for line in lines]
+    assert [f["cached"] for f in facts] == [False, True]
+    assert all(f["tensorrt_standin"] == trt_standin.NAME and f["trt_engine_ops"] >= 1 for f in facts)
+    assert all(line["env"]["uname"]["machine"] == "aarch64" and line["first_inference_ms"] > 0 for line in lines)
