@@ -137,13 +137,15 @@ def collect_task(c, run=None, baseline=None, threshold=0.10):
 @task(name="up", help={"devices": "comma-separated target names (default: rpi3,jetson-nano,coral)",
                        "isolation": "auto, netns or loopback",
                        "emulate": "qemu (default): each board's own CPU architecture and OS under qemu-user; "
-                                  "host: this host's CPU stands in (fast, labelled)"})
+                                  "host: this host's CPU stands in (fast, labelled)",
+                       "labgrid": "also run a labgrid coordinator and exporter here that hand out each device as a "
+                                  "place; deploy and collect then reserve it (docs/labs.md)"})
 @reports_errors
-def fleet_up_task(c, devices=None, isolation="auto", emulate="qemu"):
+def fleet_up_task(c, devices=None, isolation="auto", emulate="qemu", labgrid=False):
     """Start the emulated fleet: a network namespace with its own sshd per device."""
     from edgefleet.api.fleet import DEFAULT_DEVICES, FleetUpOptions, up
     names = tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else DEFAULT_DEVICES
-    up(FleetUpOptions(devices=names, isolation=isolation, emulate=emulate))
+    up(FleetUpOptions(devices=names, isolation=isolation, emulate=emulate, labgrid=labgrid))
 
 
 @task(name="down")

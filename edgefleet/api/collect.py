@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -11,7 +12,9 @@ from pydantic import TypeAdapter
 from rich.markup import escape
 
 from edgefleet.api.context import Env
+from edgefleet.deploy.devices import DEFAULT_LAB_WAIT_S, lab_connection, recorded_lab
 from edgefleet.errors import EdgefleetError, ResultsError
+from edgefleet.lab.config import Lab
 from edgefleet.evaluation.score_run import RunScores, eval_files, score_run, store
 from edgefleet.report.render import ReportPaths, render_report
 from edgefleet.report.tables import build_table, rich_table
@@ -32,6 +35,7 @@ class CollectOptions:
     baseline: str | None = None         # compare against this earlier run
     regression_threshold: float = 0.10
     jobs: int = 4
+    lab_wait_s: float = DEFAULT_LAB_WAIT_S   # boards in a labgrid place: how long to wait in the lab's queue
     workspace: Path | None = None
 
 
@@ -59,11 +63,14 @@ def choose_runs(records: list[RunRecord], wanted: tuple[str, ...]) -> list[RunRe
     return sorted(newest.values(), key=lambda r: r.run_id)
 
 
-def pull_run(record: RunRecord, into: Path) -> Path:
-    """Fetch run.json, results.jsonl and the agent's own view of the status into ``into``."""
+def pull_run(record: RunRecord, into: Path, lab: Lab | None = None, lab_wait_s: float = DEFAULT_LAB_WAIT_S,
+             say: Callable[[str], None] = print) -> Path:
+    """Fetch run.json, results.jsonl and the agent's own view of the status into ``into``; a board in a labgrid
+    place is held meanwhile."""
     run_dir = f"{record.workdir}/runs/{record.run_id}"
     into.mkdir(parents=True, exist_ok=True)
-    with open_transport(CONNECTION.validate_python(record.connection), name=record.device) as transport:
+    with lab_connection(CONNECTION.validate_python(record.connection), lab, wait_s=lab_wait_s, say=say) as connection, \
+            open_transport(connection, name=record.device) as transport:
         transport.get(f"{run_dir}/run.json", into / "run.json")
         has_results = transport.run(["test", "-f", f"{run_dir}/results.jsonl"], check=False).ok
         if has_results:
@@ -112,7 +119,9 @@ def collect_benchmarks(options: CollectOptions, env: Env | None = None) -> Colle
 
     def fetch(record: RunRecord) -> tuple[RunRecord, Path | None, str | None]:
         try:
-            return record, pull_run(record, collected / record.run_id / record.device), None
+            lab = recorded_lab(ws.targets_dir, ws.state_dir, record.target, record.device)
+            return record, pull_run(record, collected / record.run_id / record.device, lab, options.lab_wait_s,
+                                    lambda line: env.console.print(escape(line))), None
         except EdgefleetError as exc:
             return record, None, str(exc)
 

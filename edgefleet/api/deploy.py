@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from edgefleet.api.context import Env
 from edgefleet.backends.registry import open_backend
 from edgefleet.deploy.apply import ApplyResult, apply_plan, runtime_python
 from edgefleet.deploy.benchmark_model import deploy_benchmark_model
-from edgefleet.deploy.devices import DeviceAddress, resolve_device
+from edgefleet.deploy.devices import DEFAULT_LAB_WAIT_S, DeviceAddress, lab_connection, resolve_device
 from edgefleet.deploy.evalspec import eval_request, gate_config
 from edgefleet.deploy.facts import gather_facts
 from edgefleet.deploy.follow import FINAL_STATES, agent_status, follow_run  # noqa: F401  (the API's follow helpers)
@@ -49,6 +49,7 @@ class DeployOptions:
     wait: bool = False
     eval: bool = False
     lock_wait_s: float = 0.0
+    lab_wait_s: float = DEFAULT_LAB_WAIT_S   # a board in a labgrid place: how long to wait in the lab's queue
     backend: str | None = None
     # Replaces fields of the profile's bench block for this run (the demo's short runs); recorded in run.json.
     bench_overrides: tuple[tuple[str, float], ...] = ()
@@ -190,7 +191,15 @@ def _request(ws: Workspace, options: DeployOptions, profile: Profile, recipe: Lo
 
 
 def apply_deploy(prepared: PreparedDeploy, options: DeployOptions, env: Env) -> DeployOutcome:
-    """The second phase: facts -> plan -> apply on the device, then (with --wait) follow the run."""
+    """The second phase: facts -> plan -> apply on the device, then (with --wait) follow the run. A board in a
+    labgrid place is held for all of it, and its run records the address the place gave."""
+    address = prepared.address
+    with lab_connection(address.connection, address.lab, wait_s=options.lab_wait_s,
+                        say=lambda line: env.console.print(escape(line))) as connection:
+        return _apply_on_device(replace(prepared, address=replace(address, connection=connection)), options, env)
+
+
+def _apply_on_device(prepared: PreparedDeploy, options: DeployOptions, env: Env) -> DeployOutcome:
     say = env.console.print
     request, address = prepared.request, prepared.address
     say(f"runtime: {escape(prepared.runtime_note)}")

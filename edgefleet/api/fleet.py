@@ -15,6 +15,7 @@ from edgefleet.errors import ConfigError
 from edgefleet.fleet import fleet_down, fleet_up
 from edgefleet.fleet.devices import DEFAULT_DEVICES, DeviceSpec, Userland
 from edgefleet.deploy.inventory import Inventory
+from edgefleet.fleet.labgrid_lab import publish_fleet, stop_lab
 from edgefleet.fleet.rootfs import RootfsSpec
 from edgefleet.profiles.load import load_profile
 from edgefleet.profiles.model import Profile
@@ -35,6 +36,9 @@ class FleetUpOptions:
     # qemu: each device runs its board's CPU architecture and OS userland under qemu-user (the profile's
     # `emulation:`). host: this host's CPU, OS and runtime stand in for every board (fast, labelled so).
     emulate: str = "qemu"
+    # Also start a labgrid coordinator and exporter on this host that hand out each device as a place, so
+    # deploy and collect go through a lab's reservations as with shared boards (docs/labs.md).
+    labgrid: bool = False
     workspace: Path | None = None
 
 
@@ -76,8 +80,16 @@ def up(options: FleetUpOptions, env: Env | None = None) -> Inventory:
     env = env or Env()
     ws = env.workspace(options.workspace)
     specs = device_specs(ws.targets_dir, options.devices, options.emulate)
+    say = lambda line: env.console.print(escape(line))  # noqa: E731
+    stop_lab(fleet_dir(ws.state_dir))  # an earlier fleet's lab would hand out devices that are gone
     inventory = fleet_up(fleet_dir(ws.state_dir), specs, isolation=options.isolation,  # type: ignore[arg-type]
-                         rootfs_cache=rootfs_cache(ws), say=lambda line: env.console.print(escape(line)))
+                         rootfs_cache=rootfs_cache(ws), say=say)
+    if options.labgrid:
+        try:
+            inventory = publish_fleet(fleet_dir(ws.state_dir), inventory, say)
+        except BaseException:
+            fleet_down(fleet_dir(ws.state_dir))
+            raise
     table = Table(title=f"emulated fleet ({inventory.isolation}); results from it are labelled emulated: true")
     for column in ("device", "stands in for", "arch", "emulated by", "address", "workdir"):
         table.add_column(column)
@@ -93,5 +105,6 @@ def up(options: FleetUpOptions, env: Env | None = None) -> Inventory:
 def down(options: FleetDownOptions, env: Env | None = None) -> None:
     env = env or Env()
     ws = env.workspace(options.workspace)
+    stop_lab(fleet_dir(ws.state_dir))
     fleet_down(fleet_dir(ws.state_dir))
     env.console.print("emulated fleet removed")

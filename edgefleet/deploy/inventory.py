@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgefleet.errors import ConfigError
+from edgefleet.lab.config import Lab
 from edgefleet.transport.connections import SshConnection
 
 INVENTORY_FILE = "inventory.json"
@@ -51,6 +52,8 @@ class InventoryDevice(BaseModel):
     # deploy locks of all of them (timed sections wait while any is being deployed to).
     shared_host_lock: str | None = None
     host_deploy_locks: tuple[str, ...] = ()
+    # The labgrid place that hands the device out (`fleet.up --labgrid`): deploy and collect reserve it first.
+    lab: Lab | None = None
 
 
 class Inventory(BaseModel):

@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from edgefleet.config.validate import did_you_mean
+from edgefleet.lab.config import Lab
 from edgefleet.runtimes import delegate_names, runtime_for_profile
 from edgefleet.transport.connections import Connection, LocalConnection, PlainText, no_hidden_characters
 
@@ -262,6 +263,22 @@ class Profile(Strict):
         default_factory=dict, description="Per-precision overrides of the fidelity gate thresholds.")
     accuracy_gate: AccuracyGate = AccuracyGate()
     emulation: Emulation | None = Field(None, description="How `invoke fleet.up` emulates this board.")
+    lab: Lab | None = Field(None, description="The shared lab the board lives in: deploy and collect reserve its "
+                                              "labgrid place and reach the board at the place's NetworkService.")
+
+    @field_validator("lab")
+    @classmethod
+    def _lab_board_over_ssh(cls, value: Lab | None, info: ValidationInfo) -> Lab | None:
+        # The place's NetworkService says where the board answers SSH, and only the agent's deploy path
+        # takes the place first (a device binary's path, for adb, does not).
+        transport, runtime = info.data.get("transport"), info.data.get("runtime")
+        if value is not None and transport is not None and transport.kind not in ("ssh", "local"):
+            raise ValueError(f"a board in a labgrid place is reached over SSH at the place's NetworkService; "
+                             f"leave transport out or make it kind: ssh (for its key options), not {transport.kind}")
+        if value is not None and runtime is not None and not runtime_for_profile(runtime.name).agent:
+            raise ValueError(f"runtime {runtime.name!r} is measured by a device binary, whose deploy does not take "
+                             "a labgrid place; only runtimes that run in the edgefleet agent can use lab:")
+        return value
 
     @field_validator("workdir")
     @classmethod
