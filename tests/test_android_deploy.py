@@ -5,11 +5,8 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +19,8 @@ from edgefleet.api.deploy import DeployOptions, deploy
 from edgefleet.errors import EXIT_TRANSPORT, ConfigError, TransportError
 from edgefleet.profiles.load import load_profile
 from edgefleet.transport.adb import SHA256_COMMANDS, parse_sha256, sha256_argv
+
+pytest_plugins = ["adb_fixtures"]
 
 REPO = Path(__file__).resolve().parents[1]
 INVOKE = str(Path(sys.executable).with_name("invoke"))
@@ -178,31 +177,6 @@ def test_dry_run_shows_binary_models_and_one_command_per_cell(built_ws: Path) ->
     assert len(gpu16) == len(gpu32) == 2 * len(bench.threads)
     assert all("--use_gpu=true" in c for c in gpu16 + gpu32)
     assert [u.what for u in outcome.plan.uploads] == ["model tflite-fp32", "model tflite-fp16"]
-
-
-@pytest.fixture
-def private_adb_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """An adb server of our own (own port on 127.0.0.1, own HOME for its key), killed afterwards."""
-    if shutil.which("adb") is None:
-        if os.environ.get("CI"):
-            pytest.fail("adb is not installed (apt-get install adb)")
-        pytest.skip("adb is not installed (apt-get install adb)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", str(port))
-    monkeypatch.setenv("HOME", str(tmp_path))
-    yield dict(os.environ)
-    subprocess.run(["adb", "kill-server"], env=dict(os.environ), capture_output=True, timeout=20)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _listening(port):
-        time.sleep(0.1)
-    assert not _listening(port), "adb server still running after kill-server"
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.mark.convert

@@ -5,11 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import socket
-import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +26,8 @@ from edgefleet.transport.connections import AdbConnection, LocalConnection, SshC
 from edgefleet.transport.local import LocalTransport
 from edgefleet.transport.registry import open_transport
 from edgefleet.transport.ssh import SshTransport
+
+pytest_plugins = ["adb_fixtures"]
 
 HOSTILE = ["$(touch {c})", "`touch {c}`", "; touch {c}", "\ntouch {c}", "a b", "☃", "'\"", ""]
 
@@ -127,32 +125,6 @@ def test_parse_devices_and_choose() -> None:
 
 
 # -- adb: the real binary, no device --------------------------------------------
-
-@pytest.fixture
-def private_adb_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """An adb server of our own (own port, own HOME for its key), killed afterwards."""
-    if subprocess.run(["sh", "-c", "command -v adb"], capture_output=True).returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail("adb is not installed (apt-get install adb)")
-        pytest.skip("adb is not installed (apt-get install adb)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", str(port))
-    monkeypatch.setenv("HOME", str(tmp_path))
-    env = dict(os.environ)
-    yield env
-    subprocess.run(["adb", "kill-server"], env=env, capture_output=True, timeout=20)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _listening(port):
-        time.sleep(0.1)
-    assert not _listening(port), "adb server still running after kill-server"
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
 
 def test_real_adb_without_a_device_says_how_to_attach_one(private_adb_server: dict[str, str]) -> None:
     transport = open_transport(AdbConnection(connect_timeout_s=30), name="pixel")

@@ -8,7 +8,6 @@ one creator and never see a half-made venv.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import platform
@@ -16,14 +15,14 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from edgefleet.compat.runtimes import RuntimePin
 from edgefleet.errors import BuildError, ToolUnavailableError
+from edgefleet.filelock import exclusive
 from edgefleet.images.wheelhouse import run_logged
 
 Log = Callable[[str], None]
@@ -66,7 +65,11 @@ def ensure_runtime_venv(pin: RuntimePin, cache_root: Path, log: Log, *,
     if _ready(path):
         return _opened(pin, path, created=False)
     cache_root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(path.with_name(path.name + ".lock"), lock_timeout_s, pin, log):
+    lock = path.with_name(path.name + ".lock")
+    with exclusive(lock, lock_timeout_s, log=log,
+                   waiting=f"waiting for another build that is creating the {pin.label} venv",
+                   gave_up=lambda: BuildError(f"gave up after {lock_timeout_s:g} s waiting for another build to "
+                                              f"create the {pin.label} venv (lock {lock} is still held)")):
         if _ready(path):  # another build made it while this one waited for the lock
             return _opened(pin, path, created=False)
         _discard_leftovers(path)
@@ -86,30 +89,6 @@ def _opened(pin: RuntimePin, path: Path, *, created: bool) -> RuntimeVenv:
         raise BuildError(f"the {pin.label} venv in {path} has an unreadable {READY_FILE} ({exc}); "
                          "delete that folder and build again") from None
     return RuntimeVenv(pin, path, created, dict(record.get("installed", {})), str(record.get("python", "")))
-
-
-@contextmanager
-def _exclusive(lock_path: Path, timeout_s: float, pin: RuntimePin, log: Log) -> Iterator[None]:
-    """An flock on ``lock_path``; the kernel releases it if the holder dies, so a stale lock cannot block."""
-    with open(lock_path, "a") as handle:
-        deadline = time.monotonic() + timeout_s
-        announced = False
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not announced:
-                    log(f"waiting for another build that is creating the {pin.label} venv ({lock_path})")
-                    announced = True
-                if time.monotonic() >= deadline:
-                    raise BuildError(f"gave up after {timeout_s:g} s waiting for another build to create the "
-                                     f"{pin.label} venv (lock {lock_path} is still held)") from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _discard_leftovers(path: Path) -> None:

@@ -10,7 +10,6 @@ JSON file that the freeze and rewrite steps take as an input: steps stay pure an
 from __future__ import annotations
 
 import ast
-import fcntl
 import json
 import os
 import re
@@ -20,7 +19,6 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgefleet.digest import sha256_file
 from edgefleet.errors import BuildError, PlanError, ToolUnavailableError
+from edgefleet.filelock import exclusive
 
 if TYPE_CHECKING:
     from tensorflow.core.framework.graph_pb2 import GraphDef
@@ -218,7 +217,11 @@ def ensure_registry(cache_root: Path, version: str, log: Log, *,
     if _complete(path):
         return path
     cache_root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(path.with_suffix(".lock"), lock_timeout_s, version, log):
+    lock = path.with_suffix(".lock")
+    with exclusive(lock, lock_timeout_s, log=log,
+                   waiting=f"waiting for another planner fetching the TensorFlow {version} op registry",
+                   gave_up=lambda: PlanError(f"gave up after {lock_timeout_s:g} s waiting for the TensorFlow "
+                                             f"{version} op registry (lock {lock} is still held)")):
         if not _complete(path):  # another planner may have fetched it while this one waited
             _discard_staging(path)
             _fetch(path, version, log)
@@ -231,30 +234,6 @@ def _complete(path: Path) -> bool:
         return json.loads(path.read_text()).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
-
-
-@contextmanager
-def _exclusive(lock_path: Path, timeout_s: float, version: str, log: Log) -> Iterator[None]:
-    """An flock: the kernel drops it when its holder dies, so a killed fetch cannot block the next."""
-    with open(lock_path, "a") as handle:
-        deadline = time.monotonic() + timeout_s
-        announced = False
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not announced:
-                    log(f"waiting for another planner fetching the TensorFlow {version} op registry ({lock_path})")
-                    announced = True
-                if time.monotonic() >= deadline:
-                    raise PlanError(f"gave up after {timeout_s:g} s waiting for the TensorFlow {version} op "
-                                    f"registry (lock {lock_path} is still held)") from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _discard_staging(path: Path) -> None:
