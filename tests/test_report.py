@@ -19,7 +19,10 @@ from edgefleet.report.devices import build_devices
 from edgefleet.report.plots import pareto_front
 from edgefleet.report.tables import (EMULATED_NOTE, FLAG_GATE_FAILED, FLAG_HOT, FLAG_REGRESSION, FLAG_THROTTLED,
                                      FLAG_UNSTABLE, format_number)
+from edgefleet.agent.efagent.stats import encode_samples
+from edgefleet.report.regressions import NO_CHANGE, REGRESSED
 from edgefleet.results import AccuracyRecord, ResultsDB, ingest_log, ingest_run_dir, ingest_status
+from edgefleet.results.samples import decode_samples
 from edgefleet.results.schema import MEASUREMENTS, OPTIONAL_MEASUREMENTS
 
 pytest_plugins = ["agent_fixtures"]
@@ -43,11 +46,17 @@ def _assert_png(path: Path) -> None:
         assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 10
 
 
-def _slower_copy(agent_run: AgentRun, run_id: str, factor: float) -> bytes:
+def _slower_copy(agent_run: AgentRun, run_id: str, factor: float, *, samples: bool = True) -> bytes:
+    """The main run's lines with every latency ``factor`` times longer: its statistics and its raw samples
+    (``samples=False``: none stored, as an older agent wrote them)."""
     lines = []
     for raw in agent_run.lines:
         scaled = {k: v * factor for k, v in raw["latency_ms"].items()}
-        lines.append(json.dumps(dict(raw, run_id=run_id, latency_ms=scaled)) + "\n")
+        line = dict(raw, run_id=run_id, latency_ms=scaled)
+        line.pop("samples")
+        if samples:
+            line["samples"] = encode_samples(decode_samples(raw["samples"]) * factor / 1000.0)
+        lines.append(json.dumps(line) + "\n")
     return "".join(lines).encode()
 
 
@@ -114,20 +123,38 @@ def test_a_slower_run_is_flagged_against_its_baseline(db: ResultsDB, agent_run: 
     table = build_table(db, ["run-slow"], baseline_run=agent_run.run_id, regression_threshold=0.10)
     assert len(table.rows) == 4 and len(table.regressions) == 4
     for row in table.rows:
-        assert row.ratio == pytest.approx(2.0)
-        assert FLAG_REGRESSION in row.flags
+        assert row.ratio == pytest.approx(2.0, rel=1e-6)
+        assert (row.verdict, row.bucket) == (REGRESSED, "2× slower") and FLAG_REGRESSION in row.flags
+        assert 1.10 < row.ci_low <= row.ratio <= row.ci_high
     paths = render_report(db, ["run-slow"], tmp_path / "report", baseline_run=agent_run.run_id)
     markdown = paths.markdown.read_text()
-    assert markdown.count("**regression**") == 4 and "2.00×" in markdown
-    assert "regression" in paths.html.read_text()
+    assert markdown.count("| **regressed** | 2× slower |") == 4 and "2.00×" in markdown
+    assert "regressed: 4 (2× slower: 4)" in markdown
+    assert "<strong>regressed</strong>" in paths.html.read_text()
+    with paths.csv.open() as handle:
+        assert {row["verdict"] for row in csv.DictReader(handle)} == {REGRESSED}
 
     # The other way round the faster run improves on the slower one: nothing to flag.
     reverse = build_table(db, [agent_run.run_id], baseline_run="run-slow")
     assert not reverse.regressions
-    assert all(row.ratio == pytest.approx(0.5) for row in reverse.rows)
+    assert all(row.ratio == pytest.approx(0.5, rel=1e-6) and row.bucket == "2× faster" for row in reverse.rows)
     # Within the threshold is not a regression either.
     ingest_log(db, agent_run.device, "run-same", _slower_copy(agent_run, "run-same", 1.05), tmp_path / "q")
-    assert not build_table(db, ["run-same"], baseline_run=agent_run.run_id, regression_threshold=0.10).regressions
+    same = build_table(db, ["run-same"], baseline_run=agent_run.run_id, regression_threshold=0.10)
+    assert not same.regressions and {row.verdict for row in same.rows} == {NO_CHANGE}
+
+
+def test_results_without_samples_fall_back_to_the_p50_ratio(db: ResultsDB, agent_run: AgentRun,
+                                                             tmp_path: Path) -> None:
+    log = _slower_copy(agent_run, "run-old-agent", 2.0, samples=False)
+    ingest_log(db, agent_run.device, "run-old-agent", log, tmp_path / "q")
+    table = build_table(db, ["run-old-agent"], baseline_run=agent_run.run_id)
+    assert len(table.regressions) == 4
+    for row in table.rows:
+        assert row.ci_low is None and row.ratio == pytest.approx(2.0) and row.verdict == REGRESSED
+        assert "no samples" in row.no_interval
+    markdown = render_report(db, ["run-old-agent"], tmp_path / "report", baseline_run=agent_run.run_id).markdown
+    assert "without an interval (p50 ratio only): 4" in markdown.read_text()
 
 
 def test_unfinished_runs_are_shown_as_such(db: ResultsDB, agent_run: AgentRun, tmp_path: Path) -> None:

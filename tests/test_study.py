@@ -1,6 +1,8 @@
 """`invoke study` on this host: every format built, benchmarked and evaluated; table and three plots."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from edgefleet.api.context import Env
@@ -31,3 +33,9 @@ def test_study_measures_every_format(workspace_copy, tmp_path):
         assert float(cells[5]) > 0.9                                 # mAP@.5 from the agent's eval mode
     for plot in (paths.latency_plot, paths.accuracy_plot, paths.pareto_plot):
         assert plot is not None and plot.read_bytes()[:8] == PNG
+    # OpenVINO's size is its .xml and the .bin of weights beside it, as deploy shipped them to the device.
+    (xml,) = (tmp_path / "device" / "artifacts").glob("*/*.xml")
+    shipped = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+    variants = json.loads((paths.table.parent / "variants.json").read_text())["rows"]
+    (openvino,) = [r for r in variants if r["variant"] == "openvino-fp32"]
+    assert openvino["size_mb"] == pytest.approx(shipped / 1e6) and shipped > 2 * xml.stat().st_size

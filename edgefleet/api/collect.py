@@ -16,8 +16,8 @@ from edgefleet.deploy.devices import DEFAULT_LAB_WAIT_S, lab_connection, recorde
 from edgefleet.errors import EdgefleetError, ResultsError
 from edgefleet.lab.config import Lab
 from edgefleet.evaluation.score_run import RunScores, eval_files, score_run, store
-from edgefleet.report.render import ReportPaths, render_report
-from edgefleet.report.tables import build_table, rich_table
+from edgefleet.report.render import ReportPaths, render_table
+from edgefleet.report.tables import ReportTable, build_table, rich_table
 from edgefleet.report.variants import build_variant_table, rich_variant_table
 from edgefleet.results.db import ResultsDB, results_db_path
 from edgefleet.results.ingest import IngestSummary, ingest_run_dir
@@ -108,6 +108,36 @@ def score_accuracy(db: ResultsDB, record: RunRecord, folder: Path, ws: Workspace
                           f"{len(scores.failed_gate)} failed the accuracy gate")
 
 
+def bench_settings(collected: Path, run_ids: list[str]) -> dict[tuple[str, str], dict]:
+    """Each collected (run, device)'s run.json bench settings: the database keeps only the result lines, and a
+    baseline comparison warns when these differ."""
+    settings = {}
+    for run_id in run_ids:
+        for path in sorted((collected / run_id).glob("*/run.json")):
+            try:
+                run = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # ingest already said what is wrong with it; the comparison just has less to go on
+            if isinstance(run, dict) and isinstance(run.get("bench"), dict):
+                settings[(run_id, str(run.get("device", path.parent.name)))] = run["bench"]
+    return settings
+
+
+def print_comparison(table: ReportTable, env: Env) -> None:
+    """The baseline comparison in a few lines: counts per verdict and bucket, then what differs between the runs."""
+    if not table.baseline_run:
+        return
+    env.console.print(f"compared with {escape(table.baseline_run)}: {escape(table.comparison_summary)}")
+    for row in table.rows:
+        if row.verdict == "regressed":
+            interval = f"{row.ci_low:.2f}×–{row.ci_high:.2f}×" if row.ci_low is not None else "no interval"
+            ratio = f"{row.ratio:.2f}× ({interval})" if row.ratio is not None else escape(row.reason or row.status)
+            env.console.print(f"[red]regressed[/] {escape(row.device)} / {escape(row.cell)}: "
+                              f"{escape(row.bucket or '')}, {ratio}")
+    for warning in table.baseline_warnings:
+        env.console.print(f"[yellow]warning:[/] {escape(warning)}")
+
+
 def collect_benchmarks(options: CollectOptions, env: Env | None = None) -> CollectOutcome:
     env = env or Env()
     ws = env.workspace(options.workspace)
@@ -149,14 +179,16 @@ def collect_benchmarks(options: CollectOptions, env: Env | None = None) -> Colle
             raise ResultsError("nothing was collected; see the errors above")
         name = run_ids[0] if len(run_ids) == 1 else \
             "fleet-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        bench = bench_settings(collected, run_ids + ([options.baseline] if options.baseline else []))
         table = build_table(db, run_ids, baseline_run=options.baseline,
-                            regression_threshold=options.regression_threshold)
+                            regression_threshold=options.regression_threshold, bench=bench)
         env.console.print(rich_table(table))
+        print_comparison(table, env)
         variants = build_variant_table(db, table)
         if variants.has_accuracy:
             env.console.print(rich_variant_table(variants))
-        outcome.report = render_report(db, run_ids, ws.reports_dir / name, baseline_run=options.baseline,
-                                       regression_threshold=options.regression_threshold)
+        # The same table, bootstrap intervals and run.json settings included, renders the report.
+        outcome.report = render_table(table, ws.reports_dir / name, variants=variants)
         (outcome.report.out_dir / "runs.json").write_text(json.dumps(run_ids, indent=2))
     env.console.print(f"report: {escape(str(outcome.report.html))}")
     return outcome

@@ -212,6 +212,8 @@ def build_cells(request: DeployRequest, samples_remote: str | None) -> list[dict
     evaluated: set[tuple[str, str]] = set()  # accuracy depends on artifact and delegate, not on threads
     for variant in shipped(request):
         runtime = get_runtime(variant.runtime)
+        # The agent counts these in the variant's size: the files the device needs, by deploy's own rule.
+        companions = [remote for remote, _ in variant_files(request.workdir, variant)[1:]]
         for delegate_name in bench.delegates:
             spec = runtime.delegate(delegate_name, variant.name)
             if spec is None:  # this runtime has no such delegate, or it makes no sense for this variant
@@ -222,6 +224,7 @@ def build_cells(request: DeployRequest, samples_remote: str | None) -> list[dict
                     "variant": variant.name,
                     "artifact": artifact_remote(request.workdir, variant),
                     "artifact_sha256": variant.file.sha256,
+                    "companions": companions,
                     "runtime": variant.runtime,
                     "threads": threads,
                     "delegate": dict(spec.payload) if spec.payload else None,

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,14 @@ def _figure(width: float, height: float) -> Any:
     figure = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(figure)
     return figure
+
+
+def _title(figure: Any, text: str, emulated: bool) -> str:
+    """The plot's title, with the emulation note wrapped to the figure: one long line runs off its edges."""
+    if emulated:
+        # About 10 characters of a 10-point title per inch of figure.
+        text += "\n" + textwrap.fill(f"emulated: true — {EMULATED_NOTE}", int(figure.get_figwidth() * 10))
+    return text
 
 
 def _series_label(row: ReportRow, several_runs: bool) -> str:
@@ -53,10 +62,8 @@ def latency_plot(rows: Sequence[ReportRow], device: str, path: Path) -> Path:
     axes.set_xticks(range(len(variants)))
     axes.set_xticklabels(variants, rotation=20, ha="right")
     axes.set_ylabel("latency, ms (bar p50, whisker p90)")
-    title = f"{device}: latency by variant and threads"
-    if any(r.emulated for r in rows):
-        title += f"\nemulated: true — {EMULATED_NOTE}"
-    axes.set_title(title, fontsize=10)
+    axes.set_title(_title(figure, f"{device}: latency by variant and threads", any(r.emulated for r in rows)),
+                   fontsize=10)
     if series:
         axes.legend(fontsize=8)
     else:
@@ -76,13 +83,32 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i])
 
 
-def pareto_plot(rows: Sequence[ReportRow], metric: str, path: Path, device: str | None = None) -> Path | None:
-    """Latency vs accuracy with the Pareto front; None (no file) when no cell has both.
+# The smallest accuracy range a time-vs-accuracy plot shows: 2 points (0.02 of a fraction metric). Narrower,
+# and a 0.15-point difference fills the axis and reads as a cliff.
+MIN_ACCURACY_SPAN = 0.02
 
-    Every cell is a point (a variant at one thread count), one colour per variant; a variant that
-    failed the accuracy gate is drawn as crosses, so a fast but broken artifact cannot pass for a
-    good trade-off. Only the front's points are labelled: the rest is in the legend.
-    """
+
+def accuracy_limits(values: Sequence[float], gate: float | None = None,
+                    min_span: float = MIN_ACCURACY_SPAN) -> tuple[float, float]:
+    """The y range of a time-vs-accuracy plot: every point and the gate line, at least ``min_span`` wide."""
+    low = min([*values, *([gate] if gate is not None else [])])
+    high = max([*values, *([gate] if gate is not None else [])])
+    if high - low < min_span:
+        middle = (low + high) / 2.0
+        low, high = middle - min_span / 2.0, middle + min_span / 2.0
+    pad = (high - low) * 0.08  # room for the points' labels at the edges
+    low, high = low - pad, high + pad
+    # A fraction metric: shift the window rather than show 1.01 or -0.01.
+    if high > 1.0 and max(values) <= 1.0:
+        low, high = low - (high - 1.0), 1.0
+    elif low < 0.0 and min(values) >= 0.0:
+        low, high = 0.0, high - low
+    return low, high
+
+
+def pareto_figure(rows: Sequence[ReportRow], metric: str, device: str | None = None,
+                  gate: float | None = None) -> Any:
+    """The time-vs-accuracy figure (see pareto_plot); None when no cell has both."""
     points_rows = [r for r in rows if r.status == "ok" and r.p50_ms is not None and r.accuracy is not None]
     if not points_rows:
         return None
@@ -104,19 +130,42 @@ def pareto_plot(rows: Sequence[ReportRow], metric: str, path: Path, device: str 
         text = f"{r.variant}/t{r.threads}" if device else f"{r.device}/{r.variant}/t{r.threads}"
         axes.annotate(text, points[i], fontsize=7, xytext=(4, 4), textcoords="offset points")
     label = METRIC_LABELS.get(metric, metric)
+    if gate is not None:
+        axes.axhline(gate, color="tab:gray", linestyle="--", linewidth=1,
+                     label=f"accuracy gate: {label} ≥ {gate:.4f}")
+        # Named on the line too: the legend may sit far from it.
+        axes.annotate("accuracy gate", (0.0, gate), xycoords=("axes fraction", "data"), xytext=(4, -10),
+                      textcoords="offset points", fontsize=7, color="tab:gray")
+    axes.set_ylim(*accuracy_limits([p[1] for p in points], gate))
     axes.set_xlabel("p50 latency, ms")
     axes.set_ylabel(label)
-    title = f"{device}: time vs {label}" if device else f"latency vs {label}"
-    if any(r.emulated for r in points_rows):
-        title += f"\nemulated: true — {EMULATED_NOTE}"
-    axes.set_title(title, fontsize=10)
+    axes.set_title(_title(figure, f"{device}: time vs {label}" if device else f"latency vs {label}",
+                          any(r.emulated for r in points_rows)), fontsize=10)
     axes.legend(fontsize=8)
     figure.tight_layout()
+    return figure
+
+
+def pareto_plot(rows: Sequence[ReportRow], metric: str, path: Path, device: str | None = None,
+                gate: float | None = None) -> Path | None:
+    """Latency vs accuracy with the Pareto front; None (no file) when no cell has both.
+
+    Every cell is a point (a variant at one thread count), one colour per variant; a variant that
+    failed the accuracy gate is drawn as crosses, so a fast but broken artifact cannot pass for a
+    good trade-off. Only the front's points are labelled: the rest is in the legend. The gate's floor,
+    when known, is a dashed line, and the y axis spans at least MIN_ACCURACY_SPAN, so small differences
+    look small.
+    """
+    figure = pareto_figure(rows, metric, device, gate)
+    if figure is None:
+        return None
     figure.savefig(path, format="png")
     return path
 
 
-def render_plots(table: ReportTable, out_dir: Path) -> tuple[Path, ...]:
+def render_plots(table: ReportTable, out_dir: Path, gate_floors: Mapping[str, float] | None = None
+                 ) -> tuple[Path, ...]:
+    """Latency per device, and time vs accuracy per device with its gate's floor (device -> floor) drawn."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for device in sorted({r.device for r in table.rows}):
@@ -126,7 +175,8 @@ def render_plots(table: ReportTable, out_dir: Path) -> tuple[Path, ...]:
         for device in sorted({r.device for r in table.rows}):
             rows = [r for r in table.rows if r.device == device]
             pareto = pareto_plot(rows, table.accuracy_metric,
-                                 out_dir / f"latency-vs-accuracy-{_UNSAFE.sub('_', device)}.png", device)
+                                 out_dir / f"latency-vs-accuracy-{_UNSAFE.sub('_', device)}.png", device,
+                                 (gate_floors or {}).get(device))
             if pareto is not None:
                 paths.append(pareto)
     return tuple(paths)

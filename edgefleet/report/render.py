@@ -8,6 +8,8 @@ from pathlib import Path
 from edgefleet.errors import ResultsError
 from edgefleet.report.devices import DEVICE_COLUMNS, differences
 from edgefleet.report.plots import render_plots
+from edgefleet.report.summary import caption, gate_floors, step_text, summarize
+from edgefleet.report.summary import columns as summary_columns
 from edgefleet.report.tables import EMULATED_NOTE, ReportTable, build_table, format_value, write_csv, write_json
 from edgefleet.report.variants import VariantTable, build_variant_table, write_variants_csv, write_variants_json
 from edgefleet.results.db import ResultsDB
@@ -51,12 +53,15 @@ def render_table(table: ReportTable, out_dir: Path, *, templates_dir: Path = TEM
     out_dir = Path(out_dir)
     variants = variants or VariantTable((), (), ())
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = render_plots(table, out_dir / PLOTS_DIR)
+    summaries = summarize(variants)
+    plots = render_plots(table, out_dir / PLOTS_DIR, gate_floors(summaries))
     context = {
         "table": table, "rows": table.rows, "runs": table.runs, "columns": table.columns,
         "emulated_note": EMULATED_NOTE, "plots": [p.relative_to(out_dir).as_posix() for p in plots],
         "baseline_run": table.baseline_run, "threshold_pct": round(table.regression_threshold * 100, 1),
         "regressions": table.regressions, "variants": variants,
+        "summaries": summaries, "summary_columns": summary_columns, "step_text": step_text,
+        "summary_caption": caption(summaries),
         "devices": table.devices, "device_columns": DEVICE_COLUMNS, "device_differences": differences(table.devices),
     }
     env = _environment(Path(templates_dir))

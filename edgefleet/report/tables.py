@@ -5,14 +5,16 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from edgefleet.errors import ResultsError
+from edgefleet.report import regressions
 from edgefleet.report.devices import DeviceRow, build_devices
 from edgefleet.results.db import AccuracyRecord, CellRecord, ResultsDB, RunRecord
+from edgefleet.results.samples import cell_samples
 
 # True of both kinds of emulated device: the Devices section says which kind each one was.
 EMULATED_NOTE = "measured on an emulated device (qemu-user or this host's CPU): latencies are not a real board's"
@@ -96,6 +98,15 @@ class ReportRow:
     baseline_p50_ms: float | None = None
     ratio: float | None = None
     flags: tuple[str, ...] = field(default_factory=tuple)
+    # Against the baseline (edgefleet.report.regressions): regressed, improved or no significant change; the
+    # scorecard bucket; the 95% interval of the ratio of medians (None: no samples, p50 ratio only); and the
+    # accuracy metric's change, this run's minus the baseline's.
+    verdict: str | None = None
+    bucket: str | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    map_delta: float | None = None
+    no_interval: str | None = None
 
     @property
     def match_key(self) -> tuple[str, str, int, str | None]:
@@ -122,6 +133,18 @@ class ReportTable:
     accuracy_metric: str | None = None
     devices: tuple[DeviceRow, ...] = ()
     same_as: tuple[tuple[str, str, str, str], ...] = ()  # (run, device, variant, measured as)
+    # What differs between this run's setup and the baseline's (runtime, governor, emulation, bench settings).
+    baseline_warnings: tuple[str, ...] = ()
+
+    @property
+    def compared(self) -> tuple[ReportRow, ...]:
+        """The rows with a verdict against the baseline."""
+        return tuple(row for row in self.rows if row.verdict)
+
+    @property
+    def comparison_summary(self) -> str:
+        """Counts per verdict and bucket; "not compared" counts cells with no baseline cell or failed in both."""
+        return regressions.summary([_change(row) for row in self.rows])
 
     @property
     def any_emulated(self) -> bool:
@@ -149,6 +172,7 @@ class ReportTable:
 
     def to_json(self) -> dict[str, Any]:
         return {"baseline_run": self.baseline_run, "regression_threshold": self.regression_threshold,
+                "baseline_warnings": list(self.baseline_warnings),
                 "accuracy_metric": self.accuracy_metric, "emulated_note": EMULATED_NOTE,
                 "runs": [asdict(run) for run in self.runs], "devices": [d.to_json() for d in self.devices],
                 "rows": [row.to_json() for row in self.rows]}
@@ -264,22 +288,66 @@ def _row(cell: CellRecord, run: RunRecord | None, records: Sequence[AccuracyReco
     )
 
 
-def _compare(rows: list[ReportRow], baseline: list[ReportRow], threshold: float) -> list[ReportRow]:
-    reference = {row.match_key: row for row in baseline if row.status == "ok" and row.p50_ms}
+def _change(row: ReportRow) -> regressions.Change | None:
+    if not row.verdict:
+        return None
+    return regressions.Change(row.verdict, row.bucket, row.ratio, row.ci_low, row.ci_high, row.no_interval)
+
+
+def _side(row: ReportRow, cell: CellRecord | None) -> regressions.Side:
+    try:
+        samples = cell_samples(cell) if cell is not None and row.status == "ok" else None
+    except ResultsError as exc:  # one corrupt field costs that cell its interval, not the report
+        return regressions.Side(row.status, row.p50_ms, None, f"its samples do not decode ({exc})")
+    return regressions.Side(row.status, row.p50_ms, samples)
+
+
+def _compare(rows: list[ReportRow], baseline: list[ReportRow], threshold: float,
+             cells: Mapping[tuple[str, str, str], CellRecord]) -> list[ReportRow]:
+    """Each row against the baseline's cell with its match_key (an ok one first): its verdict with evidence."""
+    reference: dict[tuple[str, str, int, str | None], ReportRow] = {}
+    for row in sorted(baseline, key=lambda r: r.status == "ok"):
+        reference[row.match_key] = row
     compared = []
     for row in rows:
         base = reference.get(row.match_key)
-        if base is None or row.p50_ms is None:
+        if base is None:
             compared.append(row)
             continue
-        ratio = row.p50_ms / base.p50_ms
-        flags = row.flags + ((FLAG_REGRESSION,) if ratio > 1.0 + threshold else ())
-        compared.append(replace(row, baseline_p50_ms=base.p50_ms, ratio=ratio, flags=flags))
+        change = regressions.compare(_side(row, cells.get((row.run_id, row.device, row.cell))),
+                                     _side(base, cells.get((base.run_id, base.device, base.cell))), threshold)
+        if change is None:
+            compared.append(replace(row, baseline_p50_ms=base.p50_ms))
+            continue
+        flags = row.flags + ((FLAG_REGRESSION,) if regressions.is_regression(change) else ())
+        delta = row.accuracy - base.accuracy if row.accuracy is not None and base.accuracy is not None else None
+        compared.append(replace(row, baseline_p50_ms=base.p50_ms, ratio=change.ratio, flags=flags,
+                                verdict=change.verdict, bucket=change.bucket, ci_low=change.ci_low,
+                                ci_high=change.ci_high, no_interval=change.no_interval, map_delta=delta))
     return compared
 
 
+def _warnings(rows: list[ReportRow], baseline: list[ReportRow], cells: Mapping[tuple[str, str, str], CellRecord],
+              bench: Mapping[tuple[str, str], Mapping[str, Any]], this_run: str, baseline_run: str) -> tuple[str, ...]:
+    """What differs between the setups of matched cells, once per device and setting."""
+    reference = {row.match_key: row for row in baseline}
+    pairs = []
+    for row in rows:
+        base = reference.get(row.match_key)
+        mine, theirs = cells.get((row.run_id, row.device, row.cell)), \
+            cells.get((base.run_id, base.device, base.cell)) if base else None
+        if base is None or mine is None or theirs is None:
+            continue
+        pairs.append((row.device, regressions.setup_of(mine.raw_json, bench.get((row.run_id, row.device))),
+                      regressions.setup_of(theirs.raw_json, bench.get((base.run_id, base.device)))))
+    return regressions.setup_warnings(pairs, this_run, baseline_run)
+
+
 def build_table(db: ResultsDB, run_ids: Sequence[str], *, baseline_run: str | None = None,
-                regression_threshold: float = 0.10, accuracy_metric: str | None = None) -> ReportTable:
+                regression_threshold: float = 0.10, accuracy_metric: str | None = None,
+                bench: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> ReportTable:
+    """``bench``: each (run, device)'s run.json bench settings where the caller has them, so that a baseline
+    comparison can warn when they differ (the database keeps only what the result lines say)."""
     if not run_ids:
         raise ResultsError("a report needs at least one run")
     if regression_threshold < 0:
@@ -293,17 +361,21 @@ def build_table(db: ResultsDB, run_ids: Sequence[str], *, baseline_run: str | No
     by_run = {(r.run_id, r.device): r for r in runs}
     cells = db.cells(run_ids)
     rows = [_row(c, by_run.get((c.run_id, c.device)), records, metric) for c in cells]
+    warnings: tuple[str, ...] = ()
     if baseline_run:
         base_runs = {(r.run_id, r.device): r for r in db.runs([baseline_run])}
         base_cells = db.cells([baseline_run])
         if not base_cells:
             raise ResultsError(f"the baseline run {baseline_run!r} has no results in {db.path}")
-        baseline = [_row(c, base_runs.get((c.run_id, c.device)), records, None) for c in base_cells]
-        rows = _compare(rows, baseline, regression_threshold)
+        # The baseline's accuracy too, in the same metric: its change sits in the row.
+        baseline = [_row(c, base_runs.get((c.run_id, c.device)), records, metric) for c in base_cells]
+        by_key = {(c.run_id, c.device, c.cell): c for c in list(cells) + list(base_cells)}
+        warnings = _warnings(rows, baseline, by_key, bench or {}, ", ".join(run_ids), baseline_run)
+        rows = _compare(rows, baseline, regression_threshold, by_key)
     return ReportTable(rows=tuple(rows), runs=tuple(RunSummary.from_record(r) for r in runs),
                        baseline_run=baseline_run, regression_threshold=regression_threshold,
                        accuracy_metric=metric, devices=build_devices(runs, cells),
-                       same_as=tuple(db.same_as(run_ids)))
+                       same_as=tuple(db.same_as(run_ids)), baseline_warnings=warnings)
 
 
 CSV_FIELDS = tuple(f for f in ReportRow.__dataclass_fields__)

@@ -78,7 +78,7 @@ class VariantTable:
             if value is None:
                 return "—"
             delta = row.metrics.get(f"delta_{key}")
-            return format_number(value) + (f" ({_signed_points(delta)})" if delta is not None else "")
+            return format_number(value) + (f" ({signed_points(delta)})" if delta is not None else "")
         if key.startswith("p50_t"):
             return format_value("p50_ms", row.p50_ms.get(int(key[5:])))
         return format_value(key, getattr(row, key))
@@ -98,7 +98,7 @@ class VariantTable:
                 "rows": [row.to_json() for row in self.rows]}
 
 
-def _signed_points(delta: float) -> str:
+def signed_points(delta: float) -> str:
     """A metric difference in points (hundredths): the unit the accuracy gate is stated in."""
     points = round(delta * 100.0, 2) + 0.0  # + 0.0: no "-0.00"
     return f"{'+' if points >= 0 else '−'}{abs(points):.2f} pt"

@@ -50,6 +50,8 @@ Input contract: ``RUN_DIR/run.json`` (schema 1)
      "cells": [{"cell": str (unique key), "variant": str,
                 "artifact": str (relative to the workdir, or absolute),
                 "artifact_sha256": str or null (checked before loading; a mismatch is an error),
+                "companions": [str] (optional: files the artifact needs beside it, e.g. OpenVINO's .bin;
+                                     counted in artifact_bytes, a missing one is an error),
                 "runtime": "tflite" | "onnxruntime" | "openvino" | ...,
                 "threads": int >= 1,
                 "delegate": null | {"name": str, "library": str or null, "options": {}},
@@ -98,7 +100,8 @@ fsynced as each cell finishes::
      "load_ms", "first_inference_ms", "warmup_runs", "runs", "duration_s", "stopped_by",
      "latency_ms": {"mean", "std", "min", "max", "p50", "p90", "p99"}, "cv", "unstable",
      "rss_before_kb", "peak_rss_kb" (getrusage's per-process high-water mark, read after the cell),
-     "artifact_bytes": int (the artifact's size on the device; absent when it was not found),
+     "artifact_bytes": int (the variant's size on the device: the artifact plus its ``companions``; absent
+                       when it was not found),
      "eval" (cells that evaluate only): {"status": "ok" | "error", "reason", "file" (relative to
              RUN_DIR: eval/<cell>.json), "images", "predictions", "kind", "layout", "input_size",
              "resize", "latency_ms": {"mean", "p50", "min", "max"} (invoke alone, per image),

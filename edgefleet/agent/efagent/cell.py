@@ -99,8 +99,20 @@ def _checked_artifact(record, cell, workdir):
             record["artifact_sha256_actual"] = actual
             raise CellError("artifact {} has sha256 {}, run.json expects {}".format(
                 path, actual, cell["artifact_sha256"]))
-    record["artifact_bytes"] = os.path.getsize(path)
+    record["artifact_bytes"] = _variant_bytes(path, cell, workdir)
     return path
+
+
+def _variant_bytes(path, cell, workdir):
+    # type: (str, Mapping[str, Any], str) -> int
+    """The artifact and the files deploy shipped beside it (OpenVINO's .bin): what the variant takes on the device."""
+    total = os.path.getsize(path)
+    for companion in cell.get("companions") or []:
+        companion_path = resolve_path(companion, workdir)
+        if not os.path.isfile(companion_path):  # the runtime would fail on it later, less clearly
+            raise CellError("artifact {} needs {}, which does not exist".format(path, companion_path))
+        total += os.path.getsize(companion_path)
+    return total
 
 
 def _timed_section(record, run, cell, runtime, path, workdir, run_dir):

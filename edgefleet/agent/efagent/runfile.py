@@ -77,6 +77,9 @@ def _check_runtime_keys(cell, where):
         _require(isinstance(delegate.get("options", {}), dict), where, "'delegate.options' must be an object")
     _require(isinstance(cell.get("params", {}), dict), where, "'params' must be an object")
     _require(isinstance(cell.get("artifact_valid", True), bool), where, "'artifact_valid' must be a boolean")
+    companions = cell.get("companions", [])
+    _require(isinstance(companions, list) and all(isinstance(c, str) and c for c in companions), where,
+             "'companions' must be a list of paths")
 
 
 def _check_input(spec, where):
