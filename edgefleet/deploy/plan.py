@@ -237,6 +237,31 @@ def build_cells(request: DeployRequest, samples_remote: str | None) -> list[dict
     return cells
 
 
+def run_config(request: DeployRequest, facts: DeviceFacts, cells: list[dict[str, Any]], eval_remote: str | None,
+               same: Mapping[str, str]) -> dict[str, Any]:
+    """run.json: what the agent measures, with what settings, and what every result will say about it."""
+    bench = request.profile.bench
+    config: dict[str, Any] = {
+        "schema": 1, "run_id": request.run_id, "device": request.device, "target": request.profile.name,
+        "emulated": facts.emulated or request.emulated_inventory,
+        "bench": {"warmup_runs": bench.warmup_runs, "min_runs": bench.min_runs,
+                  "min_duration_s": bench.min_duration_s, "max_runs": bench.max_runs,
+                  "cooldown_s": bench.cooldown_s, "cv_threshold": bench.cv_threshold,
+                  "warmup_max_runs": bench.warmup_max_runs, "max_temp_c": bench.max_temp_c,
+                  "exclusive_lock": request.exclusive_lock, "host_deploy_locks": list(request.host_deploy_locks)},
+        "cells": cells,
+    }
+    if request.eval is not None and eval_remote is not None:
+        config["eval"] = eval_config(request.eval, eval_remote)
+    if request.accuracy_gate is not None:
+        config["accuracy_gate"] = dict(request.accuracy_gate)
+    if same:
+        config["same_as"] = dict(same)  # collect and the report say which names were measured as which
+    if request.emulation:
+        config["emulation"] = dict(request.emulation)
+    return config
+
+
 def plan_deploy(request: DeployRequest, facts: DeviceFacts) -> DeployPlan:
     warnings = check_device(request, facts)
     invalid = [v.name for v in request.variants if not v.valid]
@@ -297,25 +322,7 @@ def plan_deploy(request: DeployRequest, facts: DeviceFacts) -> DeployPlan:
         raise DeployError(f"{request.device}: nothing to benchmark: no valid variant fits the profile's "
                           f"delegates {list(request.profile.bench.delegates)}")
     run_dir = f"{paths['runs']}/{request.run_id}"
-    bench = request.profile.bench
-    config = {
-        "schema": 1, "run_id": request.run_id, "device": request.device, "target": request.profile.name,
-        "emulated": facts.emulated or request.emulated_inventory,
-        "bench": {"warmup_runs": bench.warmup_runs, "min_runs": bench.min_runs,
-                  "min_duration_s": bench.min_duration_s, "max_runs": bench.max_runs,
-                  "cooldown_s": bench.cooldown_s, "cv_threshold": bench.cv_threshold,
-                  "warmup_max_runs": bench.warmup_max_runs, "max_temp_c": bench.max_temp_c,
-                  "exclusive_lock": request.exclusive_lock, "host_deploy_locks": list(request.host_deploy_locks)},
-        "cells": cells,
-    }
-    if request.eval is not None and eval_remote is not None:
-        config["eval"] = eval_config(request.eval, eval_remote)
-    if request.accuracy_gate is not None:
-        config["accuracy_gate"] = dict(request.accuracy_gate)
-    if same:
-        config["same_as"] = same  # collect and the report say which names were measured as which
-    if request.emulation:
-        config["emulation"] = dict(request.emulation)
+    config = run_config(request, facts, cells, eval_remote, same)
     actions.append(WriteRunConfig(f"{run_dir}/run.json", config))
     actions.append(StartAgent(agent_remote, run_dir))
     return DeployPlan(request.device, request.run_id, tuple(actions), tuple(warnings), len(cells), facts)
