@@ -31,8 +31,7 @@ def pypi_reachable() -> None:
     except (OSError, subprocess.SubprocessError) as exc:
         if os.environ.get("CI"):
             pytest.fail(f"CI needs PyPI for the wheelhouse tests: {exc}")
-        # CI installs from PyPI, so there an unreachable PyPI is a failure, never a silent skip.
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"PyPI unreachable: {exc}")
+        pytest.skip(f"PyPI unreachable: {exc}")
 
 
 def run(out_dir: Path, params: dict[str, Any]) -> tuple[StepResult, dict[str, Any]]:
