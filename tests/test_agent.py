@@ -110,12 +110,16 @@ def test_normalize_then_quantize_matches_the_formula() -> None:
 def test_runtime_missing_and_broken_cells_are_reported_never_as_zero(
         tmp_path: Path, agent_models: Models, agent_pyz: Path) -> None:
     good = tflite_cell(agent_models, "fp32", 1)
+    small = agent_models.root / "samples-20px.npy"
+    np.save(small, np.zeros((2, 20, 20, 3), np.uint8))
+    onnx = dict(good, artifact=agent_models.onnx.name, artifact_sha256=None, runtime="onnxruntime")
     # No Edge TPU and no TensorRT on this machine: both are real "missing runtime" situations.
     cells = [
         dict(good, cell="tensorrt", runtime="tensorrt"),
         dict(good, cell="edgetpu", delegate={"name": "edgetpu", "library": "libedgetpu.so.1", "options": {}}),
-        dict(good, cell="bad-shape", input={"samples": agent_models.samples.name, "normalization": None},
-             artifact=agent_models.onnx.name, artifact_sha256=None, runtime="onnxruntime"),
+        dict(onnx, cell="bad-shape", input={"samples": small.name, "normalization": None}),
+        # NHWC images for the NCHW input a converter made (tf2onnx's inputs_as_nchw): laid out, not refused.
+        dict(onnx, cell="nchw", input={"samples": agent_models.samples.name, "normalization": None}),
         dict(good, cell="bad-sha", artifact_sha256="0" * 64),
         dict(good, cell="no-file", artifact="missing.tflite", artifact_sha256=None),
         good,
@@ -125,7 +129,7 @@ def test_runtime_missing_and_broken_cells_are_reported_never_as_zero(
     proc = run_agent(agent_pyz, "run", str(run_dir))
     assert proc.returncode == 0, proc.stderr
     lines = {line["cell"]: line for line in map(json.loads, (run_dir / "results.jsonl").read_text().splitlines())}
-    expected = {"tensorrt": "missing_runtime", "edgetpu": "missing_runtime", "bad-shape": "error",
+    expected = {"tensorrt": "missing_runtime", "edgetpu": "missing_runtime", "bad-shape": "error", "nchw": "ok",
                 "bad-sha": "error", "no-file": "error", "fp32-t1": "ok"}
     assert {cell: line["status"] for cell, line in lines.items()} == expected
     for cell, line in lines.items():

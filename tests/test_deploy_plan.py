@@ -226,7 +226,8 @@ def test_gate_units_follow_the_task():
     gate = AccuracyGate(max_map_drop=1.5, max_top1_drop=0.01)
     assert gate_config(gate, "coco", {})["max_drop"] == pytest.approx(0.015)
     assert gate_config(gate, "labels", {}) == {"metric": "top1", "max_drop": 0.01, "source_metrics": {},
-                                               "profile": {"max_map_drop": 1.5, "max_top1_drop": 0.01}}
+                                               "profile": {"max_map_drop": 1.5, "max_top1_drop": 0.01,
+                                                           "max_agreement_drop": 0.1}}
 
 
 def test_companion_files_ship_beside_their_model():

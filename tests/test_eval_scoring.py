@@ -98,7 +98,7 @@ def collected(tmp_path: Path) -> tuple[Path, Path]:
     annotations_path = SHAPES / "data" / "val" / "annotations.json"
     annotations = json.loads(annotations_path.read_text())
     cache = tmp_path / "eval-cache"
-    packed = pack_evaluation(load_recipe(REPO / "models", "shapes"), cache)
+    packed = pack_evaluation(load_recipe(REPO / "models", "shapes"), cache, tmp_path / "downloads")
     folder = tmp_path / "run-x" / "dev-x"
     (folder / "eval").mkdir(parents=True)
     cells, lines = [], []
@@ -185,12 +185,12 @@ def test_pack_is_cached_by_content(tmp_path):
     models = tmp_path / "models"
     shutil.copytree(SHAPES, models / "shapes", ignore=shutil.ignore_patterns("*.keras"))
     recipe = load_recipe(models, "shapes")
-    first = pack_evaluation(recipe, tmp_path / "cache")
-    assert first.images_sha256 == pack_evaluation(recipe, tmp_path / "cache").images_sha256
+    first = pack_evaluation(recipe, tmp_path / "cache", tmp_path / "downloads")
+    assert first.images_sha256 == pack_evaluation(recipe, tmp_path / "cache", tmp_path / "downloads").images_sha256
     assert len(first.image_ids) == 128 and first.image_sizes[0] == (96, 96) and first.input_size == (96, 96)
     image = models / "shapes" / "data" / "val" / "images" / "000001.png"
     image.write_bytes((models / "shapes" / "data" / "val" / "images" / "000002.png").read_bytes())
-    changed = pack_evaluation(recipe, tmp_path / "cache")
+    changed = pack_evaluation(recipe, tmp_path / "cache", tmp_path / "downloads")
     assert changed.images != first.images and changed.images_sha256 != first.images_sha256
 
 
@@ -223,7 +223,7 @@ def test_bundled_fp32_tflite_reproduces_metrics_json_through_the_device_decode(t
     step = load_plan(ws, "gt-host", "shapes").variants[0]
     artifact = ArtifactStore(ws.artifacts_dir).primary_file(step.key)
 
-    request = eval_request(load_recipe(ws.models_dir, "shapes"), ws.state_dir / "eval")
+    request = eval_request(load_recipe(ws.models_dir, "shapes"), ws.state_dir / "eval", ws.downloads_dir)
     spec = eval_config(request, str(request.images_path))
     session = runtimes.get_runtime("tflite").load(str(artifact), 1, None, {})
     out = tmp_path / "eval" / "fp32.json"

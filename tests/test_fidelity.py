@@ -91,12 +91,17 @@ def test_noise_fails_fp32_but_passes_int8_and_reasons_name_metric_value_threshol
 
 
 def test_top1_agreement_is_scored_on_class_like_outputs_only() -> None:
-    ref = _samples(8, boxes=(1, 64, 4), scores=(1, 64, 10))
+    ref = _samples(8, boxes=(1, 64, 4), scores=(1, 64, 10), regressors=(1, 64, 16))
+    for sample in ref:  # probabilities, as a softmax head gives them
+        sample["scores"] = np.exp(sample["scores"]) / np.exp(sample["scores"]).sum(-1, keepdims=True)
     # Same values, classes rolled by one: cosine drops a bit, but the argmax moves everywhere.
-    art = [{"boxes": s["boxes"], "scores": np.roll(s["scores"], 1, axis=-1)} for s in ref]
+    art = [{name: np.roll(value, 1, axis=-1) if name != "boxes" else value for name, value in s.items()}
+           for s in ref]
     report = evaluate(ref, art, "int8", {"min_cosine": -1.0})
     by_name = {o.reference: o for o in report.outputs}
     assert by_name["boxes"].top1_agreement is None
+    # Unbounded box-and-keypoint regressions (BlazeFace's 16 per anchor) are not class scores either.
+    assert by_name["regressors"].top1_agreement is None
     assert by_name["scores"].top1_agreement == 0.0
     assert report.reasons == ["output 'scores': top-1 agreement 0.000 < min_top1_agreement 0.8 (int8)"]
 

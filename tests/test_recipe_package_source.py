@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.errors import ConfigError, PlanError, SourceError
+from edgefleet.errors import ConfigError, SourceError
+from edgefleet.plan.model import SourceInput
 from edgefleet.plan.workspace import load_plan
 from edgefleet.recipes.load import LoadedRecipe, load_recipe, load_recipe_file
 from edgefleet.recipes.sources import LOCK_FILE, ResolvedSource, resolve_source
@@ -170,10 +171,9 @@ def test_cached_wheel_is_trusted_only_with_its_recorded_digest(tmp_path: Path, f
 
 def test_planning_resolves_the_package_source(workspace_copy: Path, fetched: ResolvedSource) -> None:
     ws = open_workspace(workspace_copy)
-    try:
-        load_plan(ws, "local", "blazeface")
-    except PlanError as exc:  # until a tflite source can be built: the planner says why, after resolving it
-        assert "model 'blazeface' is tflite" in str(exc)
+    plan = load_plan(ws, "local", "blazeface")
+    source = plan.step("tflite/fp32/convert").inputs["model"]  # the fetched member is the fp32 variant as is
+    assert isinstance(source, SourceInput) and source.digest == DIGEST and source.path.is_file()
     members = list(ws.downloads_dir.rglob("*.tflite"))
     assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in members] == [DIGEST]
 
@@ -182,7 +182,7 @@ def test_planning_resolves_the_package_source(workspace_copy: Path, fetched: Res
     (('"0.10.14"', "0.10"), r"recipe.yaml:4:12: source.version: write it quoted.*\(got 0.1\)"),
     (('"0.10.14"', '">=0.10"'), "source.version: give one exact release"),
     (('  version: "0.10.14"\n', ""), "needs source.version"),
-    ((f"member: {MEMBER}", "member: ../x.tflite"), "source.member must be a file's path inside the wheel"),
+    ((f"member: {MEMBER}", "member: ../x.tflite"), "a member must be a file's path inside the wheel"),
     (("  format: tflite\n", "  format: tflite\n  url: https://example.invalid/m.tflite\n"), "exactly one of"),
     (("  package: mediapipe\n", "  path: m.tflite\n"), "source.version, source.member only go with source.package"),
     (("format: tflite", "format: tflit"), "did you mean 'tflite'"),

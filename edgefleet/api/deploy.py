@@ -23,13 +23,14 @@ from edgefleet.deploy.plan import (DeployPlan, DeployRequest, LocalFile, Provisi
                                    Upload, Variant, WriteRunConfig, expected_files, os_modules, plan_deploy)
 from edgefleet.deploy.variants import built_variants, local_file
 from edgefleet.errors import DeployError
-from edgefleet.evaluation.kinds import for_task
+from edgefleet.evaluation.kinds import for_recipe
 from edgefleet.execute import execute_plan
 from edgefleet.plan.model import Plan
 from edgefleet.plan.workspace import plan_for
 from edgefleet.profiles.load import load_profile
 from edgefleet.profiles.model import Profile
 from edgefleet.recipes.load import LoadedRecipe, load_recipe
+from edgefleet.recipes.photos import calibration_data
 from edgefleet.runs import RunRecord, new_run_id, save_run
 from edgefleet.runtimes import runtime_for_profile, ships_wheels
 from edgefleet.store import ArtifactStore
@@ -173,9 +174,11 @@ def _request(ws: Workspace, options: DeployOptions, profile: Profile, recipe: Lo
              address: DeviceAddress, variants: list[Variant], wheels: list[LocalFile],
              requirements: tuple[str, ...]) -> DeployRequest:
     agent = build_agent_bundle(ws.state_dir / "agent")
-    samples_path = recipe.file(recipe.recipe.calibration.path)
-    evaluation = eval_request(recipe, ws.state_dir / "eval") if options.eval else None
-    gate_kind = for_task(recipe.recipe.task.kind).name
+    # plan_for packed the calibration images already: this only finds them in the cache.
+    samples_path = calibration_data(recipe, ws.downloads_dir, log=lambda line: None).path
+    evaluation = eval_request(recipe, ws.state_dir / "eval", ws.downloads_dir) if options.eval else None
+    evaluation_kind = recipe.recipe.evaluation.kind if recipe.recipe.evaluation else None
+    gate_kind = for_recipe(recipe.recipe.task.kind, evaluation_kind).name
     return DeployRequest(
         device=address.name, profile=profile, workdir=address.workdir, run_id=new_run_id(profile.name),
         variants=variants, agent=LocalFile(agent.path, agent.sha256, agent.path.stat().st_size),

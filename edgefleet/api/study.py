@@ -14,10 +14,12 @@ from edgefleet.api.collect import CollectOptions, collect_benchmarks
 from edgefleet.api.context import Env
 from edgefleet.api.deploy import DeployOptions, deploy
 from edgefleet.errors import ResultsError
-from edgefleet.evaluation.kinds import for_task
+from edgefleet.evaluation.kinds import for_recipe
 from edgefleet.recipes.load import load_recipe
 from edgefleet.report.study import StudyPaths, render_study
+from edgefleet.report.summary import gate_floors, summarize
 from edgefleet.report.tables import build_table
+from edgefleet.report.variants import build_variant_table
 from edgefleet.results.db import ResultsDB, results_db_path
 from edgefleet.workspace import Workspace
 
@@ -36,7 +38,7 @@ class StudyOptions:
 def study_metric(ws: Workspace, model: str | None) -> str:
     """The metric a study of this model plots by default: its evaluation kind's."""
     recipe = load_recipe(ws.models_dir, model or ws.settings.default_model).recipe
-    return for_task(recipe.task.kind).study_metric
+    return for_recipe(recipe.task.kind, recipe.evaluation.kind if recipe.evaluation else None).study_metric
 
 
 def study(options: StudyOptions, env: Env | None = None) -> StudyPaths:
@@ -53,7 +55,10 @@ def study(options: StudyOptions, env: Env | None = None) -> StudyPaths:
     metric = options.metric or study_metric(ws, options.model)
     with ResultsDB(results_db_path(ws)) as db:
         table = build_table(db, [outcome.run_id], accuracy_metric=metric)
-    paths = render_study(table, collected.report.out_dir, metric)
+        variants = build_variant_table(db, table)
+    # The gate judges its own metric: its floor belongs on the plot only when the study shows that metric.
+    floors = gate_floors(summarize(variants)) if variants.metrics[:1] == (metric,) else {}
+    paths = render_study(table, collected.report.out_dir, metric, gate=next(iter(floors.values()), None))
     env.console.print(paths.table.read_text(), markup=False)
     env.console.print(f"study: {paths.table}, {paths.latency_plot.name}, {paths.accuracy_plot.name}, "
                       f"{paths.pareto_plot.name if paths.pareto_plot else 'no time-vs-accuracy plot (no accuracy)'}")

@@ -1,4 +1,4 @@
-"""TF <-> ONNX: Keras/SavedModel -> ONNX with tf2onnx, ONNX -> SavedModel + TFLite with onnx2tf."""
+"""TF <-> ONNX: Keras/SavedModel/TFLite -> ONNX with tf2onnx, ONNX -> SavedModel + TFLite with onnx2tf."""
 from __future__ import annotations
 
 import logging
@@ -37,9 +37,7 @@ def tf_to_onnx(source: Path, out: Path, spec: InputSpec, *, opset: int = DEFAULT
     (NHWC stays NHWC) unless ``input_layout`` asks for NCHW, which tf2onnx
     implements by transposing the graph input (``inputs_as_nchw``).
     """
-    if input_layout == "NHWC" and spec.layout == "NCHW":
-        raise BuildError("onnx.from_tf can turn an NHWC model input into NCHW, not the reverse")
-    nchw = input_layout == "NCHW" and spec.layout == "NHWC"
+    nchw = _wants_nchw(spec, input_layout)
     import tensorflow as tf
     import tf2onnx
 
@@ -58,6 +56,43 @@ def tf_to_onnx(source: Path, out: Path, spec: InputSpec, *, opset: int = DEFAULT
                                           inputs_as_nchw=[spec.name] if nchw else None, output_path=str(out))
         except Exception as exc:  # tf2onnx raises plain ValueError/KeyError/... from deep in its rewriters
             raise BuildError(f"tf2onnx conversion of {source.name!r} failed: {type(exc).__name__}: {exc}") from None
+
+
+def tflite_to_onnx(source: Path, out: Path, spec: InputSpec, *, opset: int = DEFAULT_OPSET,
+                   input_layout: Layout | None = None, log: Log = print) -> None:
+    """Write the .tflite ``source`` as ONNX to ``out`` with tf2onnx's TFLite reader.
+
+    ``input_layout="NCHW"`` transposes the NHWC graph input as tf_to_onnx does. That is what onnx2tf
+    wants downstream: it turns an NCHW input back into NHWC with no TRANSPOSE, while from an NHWC one
+    it makes a [1,H,C,W] input and a TRANSPOSE (measured on BlazeFace).
+    """
+    from edgefleet.analysis.tflite_report import describe_tflite
+
+    nchw = _wants_nchw(spec, input_layout)
+    inputs = describe_tflite(source)["inputs"]
+    if len(inputs) != 1:
+        raise BuildError(f"{source.name!r} has {len(inputs)} inputs; edgefleet handles one image input")
+    # tf2onnx names the input by the TFLite tensor, whatever the recipe calls it.
+    name, shape = inputs[0]["name"], inputs[0]["shape"]
+    if tuple(shape) != tuple(spec.shape):
+        raise BuildError(f"{source.name!r} has input {name!r} {shape}; the recipe says {list(spec.shape)}")
+    import tf2onnx
+
+    log(f"tf2onnx {tf2onnx.__version__}: {source.name} (TFLite) -> ONNX opset {opset}"
+        f"{' with an NCHW input' if nchw else ''}")
+    with _forward_logs("tf2onnx", log):
+        try:
+            tf2onnx.convert.from_tflite(str(source), opset=opset, inputs_as_nchw=[name] if nchw else None,
+                                        output_path=str(out))
+        except Exception as exc:  # tf2onnx raises plain ValueError/KeyError/... from its TFLite handlers
+            raise BuildError(f"tf2onnx conversion of {source.name!r} failed: {type(exc).__name__}: {exc}") from None
+
+
+def _wants_nchw(spec: InputSpec, input_layout: Layout | None) -> bool:
+    """Whether to transpose the model's NHWC input into NCHW; tf2onnx cannot go the other way."""
+    if input_layout == "NHWC" and spec.layout == "NCHW":
+        raise BuildError("tf2onnx can turn an NHWC model input into NCHW, not the reverse")
+    return input_layout == "NCHW" and spec.layout == "NHWC"
 
 
 def _serving_function(source: Path) -> Callable[[Any], Any]:

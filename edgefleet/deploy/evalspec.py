@@ -60,7 +60,7 @@ def gate_config(gate: AccuracyGate, kind: str, source_metrics: Mapping[str, floa
     # The profile states mAP in points (2.0 = 0.02 mAP) and top-1 as a fraction (0.02); the kind knows which.
     max_drop = kind_spec.max_drop(gate)
     return {"metric": kind_spec.gate_metric, "max_drop": max_drop,
-            "profile": {"max_map_drop": gate.max_map_drop, "max_top1_drop": gate.max_top1_drop},
+            "profile": gate.model_dump(mode="json"),
             "source_metrics": dict(source_metrics)}
 
 
@@ -78,9 +78,9 @@ def source_metrics(loaded: LoadedRecipe) -> dict[str, float]:
             if isinstance(doc.get(k), (int, float)) and not isinstance(doc.get(k), bool)}
 
 
-def eval_request(loaded: LoadedRecipe, cache_dir: Path) -> EvalRequest:
+def eval_request(loaded: LoadedRecipe, cache_dir: Path, downloads_dir: Path) -> EvalRequest:
     """Pack the recipe's evaluation split (cached by content) and describe it for the planner."""
-    packed: PackedEval = pack_evaluation(loaded, cache_dir)
+    packed: PackedEval = pack_evaluation(loaded, cache_dir, downloads_dir)
     recipe = loaded.recipe
     return EvalRequest(
         images_path=packed.images, images_sha256=packed.images_sha256, images_size=packed.images.stat().st_size,

@@ -27,6 +27,10 @@ class EvaluatorKind:
     gate_field: str                    # the profile's accuracy_gate field that allows its drop
     gate_unit: str                     # "points": the profile states drops in hundredths; "fraction": as is
     one_label_per_image: bool = False  # its ground truth has exactly one annotation per image
+    # "annotations": the recipe's labelled split; "fp32": the fp32 source's own outputs on the recipe's photos.
+    reference: str = "annotations"
+    labels: tuple[tuple[str, str], ...] = ()  # metric -> how reports name it
+    shown: tuple[str, ...] = ()        # the report's accuracy columns, the gated one first
 
     def score(self, ground_truth: Path, predictions: list[Any]) -> dict[str, Any]:
         module, function = self.scorer.split(":")
@@ -39,16 +43,28 @@ class EvaluatorKind:
         return value / 100.0 if self.gate_unit == "points" else value
 
 
+_DETECTION_DECODERS = ("ssd_anchors", "yolov5", "detections", "mediapipe_ssd")
 EVALUATORS: dict[str, EvaluatorKind] = {e.name: e for e in (
-    EvaluatorKind("coco", "detection", ("ssd_anchors", "yolov5", "detections"), ("map_50_95", "map_50", "map_75"),
+    EvaluatorKind("coco", "detection", _DETECTION_DECODERS, ("map_50_95", "map_50", "map_75"),
                   gate_metric="map_50_95", study_metric="map_50",
-                  scorer="edgefleet.evaluation.coco:score_detections", gate_field="max_map_drop", gate_unit="points"),
+                  scorer="edgefleet.evaluation.coco:score_detections", gate_field="max_map_drop", gate_unit="points",
+                  labels=(("map_50_95", "mAP@[.5:.95]"), ("map_50", "mAP@.5"), ("map_75", "mAP@.75")),
+                  shown=("map_50_95", "map_50")),
     EvaluatorKind("labels", "classification", ("argmax",), ("top1", "top5"),
                   gate_metric="top1", study_metric="top1",
                   scorer="edgefleet.evaluation.score_run:score_classification", gate_field="max_top1_drop",
                   gate_unit="fraction",
-                  one_label_per_image=True),
+                  one_label_per_image=True, labels=(("top1", "top-1"), ("top5", "top-5")), shown=("top1", "top5")),
+    # No labels: each variant's detections against the fp32 source's, on real photographs, by COCO's rules.
+    EvaluatorKind("agreement", "detection", _DETECTION_DECODERS, ("agreement_50", "agreement_50_95"),
+                  gate_metric="agreement_50", study_metric="agreement_50",
+                  scorer="edgefleet.evaluation.agreement:score_agreement", gate_field="max_agreement_drop",
+                  gate_unit="fraction", reference="fp32",
+                  labels=(("agreement_50", "agreement with fp32 @.5"), ("agreement_50_95", "agreement with fp32 @[.5:.95]")),
+                  shown=("agreement_50", "agreement_50_95")),
 )}
+# How reports name each metric, from every kind.
+METRIC_LABELS: dict[str, str] = {metric: label for kind in EVALUATORS.values() for metric, label in kind.labels}
 
 
 def evaluator(name: str) -> EvaluatorKind:
@@ -66,9 +82,19 @@ def for_task(task: str) -> EvaluatorKind:
     raise KeyError(f"no evaluation for task {task!r}; tasks: {', '.join(k.task for k in EVALUATORS.values())}")
 
 
+def for_recipe(task: str, evaluation_kind: str | None) -> EvaluatorKind:
+    """The kind a recipe is judged by: its evaluation's, else its task's first (coco for detection)."""
+    return evaluator(evaluation_kind) if evaluation_kind else for_task(task)
+
+
+def shown_metrics(metric_names: set[str]) -> tuple[str, ...]:
+    """The accuracy columns for results holding ``metric_names``: the first kind whose gated metric is there."""
+    return next((k.shown for k in EVALUATORS.values() if k.gate_metric in metric_names), ())
+
+
 def tasks() -> tuple[str, ...]:
-    return tuple(k.task for k in EVALUATORS.values())
+    return tuple(dict.fromkeys(k.task for k in EVALUATORS.values()))
 
 
 def decoders() -> tuple[str, ...]:
-    return tuple(d for k in EVALUATORS.values() for d in k.decoders)
+    return tuple(dict.fromkeys(d for k in EVALUATORS.values() for d in k.decoders))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,10 +110,9 @@ def _load_rgb(path: Path) -> np.ndarray:
         raise ConfigError(f"{path}: not a readable image: {exc}") from None
 
 
-def pack_evaluation(loaded: LoadedRecipe, cache_dir: Path) -> PackedEval:
+def pack_evaluation(loaded: LoadedRecipe, cache_dir: Path, downloads_dir: Path,
+                    log: Callable[[str], None] = print) -> PackedEval:
     """The recipe's evaluation split as a device-ready pack, built or taken from ``cache_dir``."""
-    from edgefleet.convert.preprocess import InputSpec, fit_images
-
     recipe = loaded.recipe
     if recipe.evaluation is None:
         raise ConfigError(f"model {recipe.name!r} has no evaluation split: add an `evaluation:` block "
@@ -120,6 +120,35 @@ def pack_evaluation(loaded: LoadedRecipe, cache_dir: Path) -> PackedEval:
     if len(recipe.input.shape) != 4:
         raise ConfigError(f"model {recipe.name!r}: evaluation needs an image input (4-D), "
                           f"input.shape is {list(recipe.input.shape)}")
+    if evaluator(recipe.evaluation.kind).reference == "fp32":
+        return _pack_agreement(loaded, cache_dir, downloads_dir, log)
+    return _pack_split(loaded, cache_dir)
+
+
+def _pack_agreement(loaded: LoadedRecipe, cache_dir: Path, downloads_dir: Path,
+                    log: Callable[[str], None]) -> PackedEval:
+    from edgefleet.evaluation.agreement import agreement_reference
+    from edgefleet.recipes.sources import resolve_source
+
+    source = resolve_source(loaded, downloads_dir, log=log)
+    pack, gt_bytes = agreement_reference(loaded, source.path, downloads_dir, log)
+    gt_sha = hashlib.sha256(gt_bytes).hexdigest()
+    gt_cached = Path(cache_dir) / GROUND_TRUTH_DIR / f"{gt_sha}.json"
+    if not gt_cached.is_file():
+        _write_atomic(gt_cached, gt_bytes)
+    height, width = loaded.recipe.input.height_width
+    meta = {"images_sha256": pack.sha256, "image_ids": list(range(1, pack.count + 1)),
+            "image_sizes": [[width, height]] * pack.count}
+    # The photos are packed at the input size, so "stretch" maps boxes back onto those same pixels.
+    return _packed(pack.images, meta, gt_cached, gt_sha, "agreement", (width, height), "stretch")
+
+
+def _pack_split(loaded: LoadedRecipe, cache_dir: Path) -> PackedEval:
+    """A labelled split: annotations plus a folder of images, resized here."""
+    from edgefleet.convert.preprocess import InputSpec, fit_images
+
+    recipe = loaded.recipe
+    assert recipe.evaluation is not None and recipe.evaluation.annotations and recipe.evaluation.images  # narrowing
     kind: TaskKind = recipe.evaluation.kind
     gt_path, doc = _ground_truth(loaded, recipe.evaluation.annotations, kind)
     image_dir = loaded.file(recipe.evaluation.images)

@@ -38,8 +38,9 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
     "full-int8": {"min_cosine": 0.95, "min_top1_agreement": 0.8},
     "full-int8-int8io": {"min_cosine": 0.95, "min_top1_agreement": 0.8},
 }
-# An output whose last axis has at least this many entries is scored as class
-# scores (top-1 agreement); a 4-coordinate box head is not.
+# An output is scored as class scores (top-1 agreement) when its last axis has at least this many
+# entries and the reference's values are probabilities (all in [0, 1]). A 4-coordinate box head is not,
+# nor a box-and-keypoints regression such as BlazeFace's 16 values per anchor, whose argmax means nothing.
 MIN_CLASSES_FOR_TOP1 = 5
 
 
@@ -170,7 +171,7 @@ def measure(reference: Sequence[np.ndarray], artifact: Sequence[np.ndarray]) -> 
     scale = float(np.abs(ref).max()) if ref.size else 0.0
     cosines = [_cosine(r.ravel(), a.ravel()) for r, a in zip(ref, art, strict=True)]
     top1 = None
-    if ref.ndim >= 2 and ref.shape[-1] >= MIN_CLASSES_FOR_TOP1:
+    if ref.ndim >= 2 and ref.shape[-1] >= MIN_CLASSES_FOR_TOP1 and ref.size and 0.0 <= ref.min() <= ref.max() <= 1.0:
         top1 = float(np.mean(ref.argmax(-1) == art.argmax(-1)))
     return {
         "max_abs_error": max_abs,

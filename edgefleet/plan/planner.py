@@ -24,6 +24,8 @@ class PlanInputs:
     profile: Profile
     source: SourceInput
     calibration: SourceInput
+    # Where each calibration image came from (a recipe's photographs), recorded in every manifest.
+    calibration_images: tuple[str, ...] = ()
     builder_versions: Mapping[str, str] = field(default_factory=dict)
     fidelity_samples: int = 8
     # Device-side templates a step renders (name -> file), so a template edit changes the key.
@@ -55,6 +57,9 @@ class PlanBuilder:
             "input_spec": self.recipe.input.model_dump(mode="json"),
             "fidelity": threshold.model_dump(exclude_none=True) if threshold else {},
             "fidelity_samples": self.inputs.fidelity_samples,
+            "calibration_samples": self.recipe.calibration.samples,
+            **({"calibration_images": list(self.inputs.calibration_images)} if self.inputs.calibration_images
+               else {}),
             **extra,
         }
 

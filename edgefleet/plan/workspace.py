@@ -14,6 +14,7 @@ from edgefleet.plan.planner import PlanInputs, plan_build
 from edgefleet.profiles.load import load_profile
 from edgefleet.profiles.model import Profile
 from edgefleet.recipes.load import LoadedRecipe, load_recipe
+from edgefleet.recipes.photos import calibration_data
 from edgefleet.recipes.sources import resolve_source, sha256_tree
 from edgefleet.runtimes import device_templates as runtime_templates
 from edgefleet.tftrt import opregistry
@@ -60,12 +61,13 @@ def tf_op_registries(ws: Workspace, profile: Profile, log: Log = _stderr) -> dic
 
 def plan_for(ws: Workspace, profile: Profile, recipe: LoadedRecipe, *, log: Log = _stderr) -> Plan:
     """``log`` gets the progress lines of a first-time fetch (the op registry)."""
-    source = resolve_source(recipe, ws.downloads_dir)
-    calibration = recipe.file(recipe.recipe.calibration.path)
+    source = resolve_source(recipe, ws.downloads_dir, log=log)
+    calibration = calibration_data(recipe, ws.downloads_dir, log)
     return plan_build(PlanInputs(
         recipe=recipe.recipe, profile=profile,
         source=SourceInput(source.path, source.sha256),
-        calibration=SourceInput(calibration, sha256_tree(calibration)),
+        calibration=SourceInput(calibration.path, calibration.sha256),
+        calibration_images=calibration.provenance,
         builder_versions=builder_versions(ws),
         templates=device_templates(ws),
         tf_op_registries=tf_op_registries(ws, profile, log),

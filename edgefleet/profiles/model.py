@@ -248,6 +248,8 @@ class FidelityThreshold(Strict):
 class AccuracyGate(Strict):
     max_map_drop: float = Field(2.0, ge=0, description="mAP points a variant may lose against fp32.")
     max_top1_drop: float = Field(0.02, ge=0)
+    max_agreement_drop: float = Field(0.1, ge=0, le=1, description="Agreement with fp32 a variant may lose "
+                                      "(a fraction: 0.1 asks for agreement >= 0.9 where fp32 agrees fully).")
 
 
 class Profile(Strict):

@@ -22,6 +22,28 @@ VERSION_PATTERN = r"^[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?(\.dev[0-9
 _PACKAGE_ONLY = ("version", "member", "platform", "python_version")
 
 
+def _quoted_version(value: Any) -> Any:
+    # YAML reads an unquoted 1.10 as the number 1.1: refuse numbers rather than fetch the wrong release.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ValueError("write it quoted, e.g. \"0.10.14\": YAML reads an unquoted version such as 1.10 "
+                         "as a number")
+    return value
+
+
+def _exact_version(value: str | None) -> str | None:
+    if value is not None and not re.match(VERSION_PATTERN, value):
+        raise ValueError("give one exact release such as '0.10.14' (no range: the recipe pins the model's bytes)")
+    return value
+
+
+def _wheel_member(value: str | None) -> str | None:
+    if value is not None and (value.startswith("/") or "\\" in value or ".." in value.split("/")
+                              or value.endswith("/") or "\0" in value):
+        raise ValueError("a member must be a file's path inside the wheel, as its zip lists it "
+                         "(forward slashes, no leading '/', no '..')")
+    return value
+
+
 class Source(Strict):
     format: Literal["keras", "savedmodel", "onnx", "frozen_graph", "tflite"]
     path: str | None = Field(None, description="Relative to the recipe's folder.")
@@ -37,30 +59,9 @@ class Source(Strict):
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
                                description="Expected digest; without it the first download is recorded in sources.lock.")
 
-    @field_validator("version", "python_version", mode="before")
-    @classmethod
-    def _quoted(cls, value: Any) -> Any:
-        # YAML reads an unquoted 1.10 as the number 1.1: refuse numbers rather than fetch the wrong release.
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            raise ValueError("write it quoted, e.g. \"0.10.14\": YAML reads an unquoted version such as 1.10 "
-                             "as a number")
-        return value
-
-    @field_validator("version")
-    @classmethod
-    def _exact(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(VERSION_PATTERN, value):
-            raise ValueError("give one exact release such as '0.10.14' (no range: the recipe pins the model's bytes)")
-        return value
-
-    @field_validator("member")
-    @classmethod
-    def _relative_member(cls, value: str | None) -> str | None:
-        if value is not None and (value.startswith("/") or "\\" in value or ".." in value.split("/")
-                                  or value.endswith("/") or "\0" in value):
-            raise ValueError("source.member must be a file's path inside the wheel, as its zip lists it "
-                             "(forward slashes, no leading '/', no '..')")
-        return value
+    _quoted = field_validator("version", "python_version", mode="before")(_quoted_version)
+    _exact = field_validator("version")(_exact_version)
+    _member = field_validator("member")(_wheel_member)
 
     @model_validator(mode="after")
     def _one_location(self) -> Source:
@@ -155,24 +156,70 @@ def _inside_recipe_folder(value: str) -> str:
     return value
 
 
+class PhotoSet(Strict):
+    """Real photographs shipped as members of a PyPI wheel (scikit-image bundles some), never imported:
+    calibration and the agreement evaluation take them whole and as seeded crops."""
+
+    package: str = Field(pattern=PACKAGE_PATTERN)
+    version: str = Field(description="The package's exact release, quoted.")
+    members: dict[str, str] = Field(min_length=1, description="Member path in the wheel -> its sha256.")
+    crops: int = Field(4, ge=0, le=64, description="Seeded crops per photograph, besides the whole photograph.")
+
+    _quoted = field_validator("version", mode="before")(_quoted_version)
+    _exact = field_validator("version")(_exact_version)
+
+    @field_validator("members")
+    @classmethod
+    def _digests(cls, value: dict[str, str]) -> dict[str, str]:
+        for member, digest in value.items():
+            _wheel_member(member)
+            if not re.match(r"^[0-9a-f]{64}$", str(digest)):
+                raise ValueError(f"photos.members[{member!r}] must be the member's sha256 (64 hex digits)")
+        return value
+
+
 class Calibration(Strict):
-    path: str = Field(description="A .npy of raw uint8 images (N,H,W,3), or a folder of images.")
+    path: str | None = Field(None, description="A .npy of raw uint8 images (N,H,W,3).")
+    photos: bool = Field(False, description="Calibrate on the recipe's `photos` (whole and cropped).")
     samples: int = Field(100, ge=1, le=10_000)
 
-    _inside = field_validator("path")(_inside_recipe_folder)
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, value: str | None) -> str | None:
+        return value if value is None else _inside_recipe_folder(value)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Calibration:
+        if (self.path is None) == (not self.photos):
+            raise ValueError("give calibration.path (a .npy) or calibration.photos: true, not both")
+        return self
 
 
 class Evaluation(Strict):
-    kind: str = Field(description="The evaluation's kind: coco or labels (edgefleet/evaluation/kinds.py).")
-    annotations: str = Field(description="COCO json (detection) or a labels file (classification).")
-    images: str
+    kind: str = Field(description="The evaluation's kind: coco, labels or agreement (edgefleet/evaluation/kinds.py).")
+    annotations: str | None = Field(None, description="COCO json (detection) or a labels file (classification).")
+    images: str | None = None
 
-    _inside = field_validator("annotations", "images")(_inside_recipe_folder)
+    @field_validator("annotations", "images")
+    @classmethod
+    def _inside(cls, value: str | None) -> str | None:
+        return value if value is None else _inside_recipe_folder(value)
 
     @field_validator("kind")
     @classmethod
     def _known(cls, value: str) -> str:
         return _one_of(value, tuple(EVALUATORS), "evaluation kind")
+
+    @model_validator(mode="after")
+    def _ground_truth(self) -> Evaluation:
+        against_fp32 = evaluator_kind(self.kind).reference == "fp32"
+        given = (self.annotations is not None, self.images is not None)
+        if against_fp32 and any(given):
+            raise ValueError(f"evaluation kind {self.kind!r} scores against the fp32 source's own detections on "
+                             "the recipe's `photos`: drop evaluation.annotations and evaluation.images")
+        if not against_fp32 and not all(given):
+            raise ValueError(f"evaluation kind {self.kind!r} needs evaluation.annotations and evaluation.images")
+        return self
 
 
 class Recipe(Strict):
@@ -181,8 +228,17 @@ class Recipe(Strict):
     source: Source
     input: InputSpec
     task: Task
+    photos: PhotoSet | None = None
     calibration: Calibration
     evaluation: Evaluation | None = None
+
+    @model_validator(mode="after")
+    def _photos_named(self) -> Recipe:
+        uses = self.calibration.photos or (self.evaluation is not None and self.evaluation.annotations is None)
+        if uses and self.photos is None:
+            raise ValueError("calibration.photos and an agreement evaluation take the recipe's `photos:` block "
+                             "(package, version, members with their sha256), and there is none")
+        return self
 
     @model_validator(mode="after")
     def _evaluation_fits_task(self) -> Recipe:

@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgefleet.report.tables import EMULATED_NOTE, FLAG_GATE_FAILED, METRIC_LABELS, ReportRow, ReportTable
+from edgefleet.evaluation.kinds import METRIC_LABELS
+from edgefleet.report.tables import EMULATED_NOTE, FLAG_GATE_FAILED, ReportRow, ReportTable
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 

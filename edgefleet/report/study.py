@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.evaluation.kinds import METRIC_LABELS
 from edgefleet.report.plots import _figure, latency_plot, pareto_plot
 from edgefleet.report.tables import EMULATED_NOTE, ReportRow, ReportTable
 
@@ -61,7 +62,8 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def study_markdown(study: Sequence[StudyRow], metric: str, emulated: bool) -> str:
     threads = sorted({t for row in study for t in row.latency_ms})
-    head = ["variant", "runtime", *(f"p50 ms @{t} thr" for t in threads), "first ms", metric, "Δ vs fp32",
+    head = ["variant", "runtime", *(f"p50 ms @{t} thr" for t in threads), "first ms", METRIC_LABELS.get(metric, metric),
+            "Δ vs fp32",
             "status"]
     lines = ["# Runtime study", ""]
     if emulated:
@@ -97,7 +99,8 @@ def accuracy_bar_plot(study: Sequence[StudyRow], metric: str, path: Path) -> Pat
     return path
 
 
-def render_study(table: ReportTable, out_dir: Path, metric: str) -> StudyPaths:
+def render_study(table: ReportTable, out_dir: Path, metric: str, gate: float | None = None) -> StudyPaths:
+    """The table and plots; ``gate`` is the accuracy gate's floor in ``metric``, drawn on the time-vs-accuracy plot."""
     out_dir.mkdir(parents=True, exist_ok=True)
     study = study_rows(table.rows)
     table_path = out_dir / "study.md"
@@ -107,5 +110,5 @@ def render_study(table: ReportTable, out_dir: Path, metric: str) -> StudyPaths:
         table=table_path,
         latency_plot=latency_plot(table.rows, device, out_dir / "study-latency.png"),
         accuracy_plot=accuracy_bar_plot(study, metric, out_dir / "study-accuracy.png"),
-        pareto_plot=pareto_plot(table.rows, metric, out_dir / "study-time-vs-accuracy.png"),
+        pareto_plot=pareto_plot(table.rows, metric, out_dir / "study-time-vs-accuracy.png", gate=gate),
     )

@@ -10,7 +10,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from edgefleet.report.tables import FLAG_INVALID_ARTIFACT, METRIC_LABELS, format_number
+from edgefleet.evaluation.kinds import METRIC_LABELS
+from edgefleet.report.tables import FLAG_INVALID_ARTIFACT, format_number
 from edgefleet.report.variants import VariantRow, VariantTable, signed_points
 
 # How the summary compares speeds; the templates print it as the table's caption.

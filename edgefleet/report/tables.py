@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.errors import ResultsError
+from edgefleet.evaluation.kinds import EVALUATORS, METRIC_LABELS
 from edgefleet.report import regressions
 from edgefleet.report.devices import DeviceRow, build_devices
 from edgefleet.results.db import AccuracyRecord, CellRecord, ResultsDB, RunRecord
@@ -30,9 +31,7 @@ FLAG_ERROR = "error"
 FLAG_GATE_FAILED = "accuracy gate failed"
 FLAG_REGRESSION = "regression"
 # The figure the cells table shows when an evaluation wrote several: the one the accuracy gate judges.
-PRIMARY_METRICS = ("map_50_95", "top1")
-METRIC_LABELS = {"map_50_95": "mAP@[.5:.95]", "map_50": "mAP@.5", "map_75": "mAP@.75", "top1": "top-1",
-                 "top5": "top-5"}
+PRIMARY_METRICS = tuple(kind.gate_metric for kind in EVALUATORS.values())
 
 
 @dataclass(frozen=True)

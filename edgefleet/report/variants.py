@@ -13,13 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgefleet.report.tables import (FLAG_GATE_FAILED, GATE_METRIC, METRIC_LABELS, Column, ReportRow, ReportTable,
+from edgefleet.evaluation.kinds import METRIC_LABELS, shown_metrics
+from edgefleet.report.tables import (FLAG_GATE_FAILED, GATE_METRIC, Column, ReportRow, ReportTable,
                                      format_number, format_value)
 from edgefleet.results.db import AccuracyRecord, CellRecord, ResultsDB
 
-# Which figures a row shows, by task: the first is the one the gate judges.
-DETECTION = ("map_50_95", "map_50")
-CLASSIFICATION = ("top1", "top5")
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ class VariantRow:
 class VariantTable:
     rows: tuple[VariantRow, ...]
     threads: tuple[int, ...]
-    metrics: tuple[str, ...]        # DETECTION, CLASSIFICATION or ()
+    metrics: tuple[str, ...]        # the evaluation kind's shown metrics, gated first, or ()
 
     @property
     def has_accuracy(self) -> bool:
@@ -138,8 +136,7 @@ def build_variant_table(db: ResultsDB, table: ReportTable) -> VariantTable:
     for row in table.rows:
         groups.setdefault((row.run_id, row.device, row.variant, row.delegate), []).append(row)
     metric_names = {a.metric for a in records}
-    metrics = DETECTION if DETECTION[0] in metric_names else CLASSIFICATION if CLASSIFICATION[0] in metric_names \
-        else ()
+    metrics = shown_metrics(metric_names)
     rows = []
     for (run_id, device, variant, delegate), members in groups.items():
         members = sorted(members, key=lambda r: r.threads)

@@ -4,9 +4,12 @@ Every step takes inputs ``model`` and ``calibration`` (raw uint8 images,
 (N,H,W,3) .npy), an optional ``reference`` (the model the artifact must match;
 default: ``model``), and the params of ``edgefleet.convert.preprocess.ConversionParams``.
 The artifact is always written; a failed fidelity gate marks it invalid.
+``tflite.import`` is the exception: a TFLite source is its own variant, copied, not gated.
 """
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -115,8 +118,24 @@ def savedmodel_export(ctx: StepContext) -> StepResult:
 
 def onnx_from_tf(ctx: StepContext) -> StepResult:
     """Keras (.keras) or SavedModel -> ``model.onnx`` with tf2onnx. Params: ``opset``, ``input_layout``."""
+    from edgefleet.convert.onnx import tf_to_onnx
+
+    return _to_onnx(ctx, tf_to_onnx, {"converter": "tf2onnx"},
+                    _versions("tf2onnx", "onnx", "tensorflow", "tensorflow-cpu", "keras", "onnxruntime"))
+
+
+def onnx_from_tflite(ctx: StepContext) -> StepResult:
+    """TFLite -> ``model.onnx`` with tf2onnx's TFLite reader. Params: ``opset``, ``input_layout``."""
+    from edgefleet.convert.onnx import tflite_to_onnx
+
+    return _to_onnx(ctx, tflite_to_onnx, {"converter": "tf2onnx", "from": "tflite"},
+                    _versions("tf2onnx", "onnx", "tensorflow", "tensorflow-cpu", "onnxruntime", "ai-edge-litert"))
+
+
+def _to_onnx(ctx: StepContext, convert: Callable[..., None], conversion: dict[str, Any],
+             versions: dict[str, str]) -> StepResult:
     from edgefleet.analysis.onnx_report import describe_onnx
-    from edgefleet.convert.onnx import DEFAULT_OPSET, tf_to_onnx
+    from edgefleet.convert.onnx import DEFAULT_OPSET
 
     setup = _setup(ctx)
     opset = ctx.params.get("opset", DEFAULT_OPSET)
@@ -124,12 +143,39 @@ def onnx_from_tf(ctx: StepContext) -> StepResult:
         raise BuildError(f"step {ctx.kind!r}: param opset={opset!r} must be an integer 9..21")
     layout = cast(Layout, _choice(ctx, "input_layout", ("NHWC", "NCHW"), setup.params.input_spec.layout))
     artifact = ctx.out_dir / ONNX_FILE
-    tf_to_onnx(setup.model, artifact, setup.params.input_spec, opset=opset, input_layout=layout, log=ctx.log)
+    convert(setup.model, artifact, setup.params.input_spec, opset=opset, input_layout=layout, log=ctx.log)
     report = describe_onnx(artifact)
     report["input_layout"] = setup.params.input_spec.layout_of(report["inputs"][0]["shape"])
-    report["conversion"] = {"converter": "tf2onnx", "opset": opset}
-    return _gated(ctx, setup, artifact, "fp32", [ONNX_FILE], report,
-                  _versions("tf2onnx", "onnx", "tensorflow", "tensorflow-cpu", "keras", "onnxruntime"))
+    report["conversion"] = {**conversion, "opset": opset}
+    return _gated(ctx, setup, artifact, "fp32", [ONNX_FILE], report, versions)
+
+
+def tflite_import(ctx: StepContext) -> StepResult:
+    """A .tflite source as the ``model_<quantization>.tflite`` it already is: copied and described.
+
+    Not gated: the source is the reference of every other variant, and a gate against itself measures
+    nothing. The report is the source's (digest, ops, I/O), checked against the recipe's input.
+    """
+    from edgefleet.analysis.tflite_report import describe_tflite
+    from edgefleet.convert.tflite import QUANTIZATIONS
+
+    quantization = _choice(ctx, "quantization", QUANTIZATIONS, "fp32")
+    spec = conversion_params(ctx.params).input_spec
+    source = ctx.input("model")
+    report = describe_tflite(source)
+    inputs = report["inputs"]
+    if len(inputs) != 1:
+        raise BuildError(f"{source.name!r} has {len(inputs)} inputs; edgefleet handles one image input")
+    if (tuple(inputs[0]["shape"]), inputs[0]["dtype"]) != (tuple(spec.shape), spec.dtype):
+        raise BuildError(f"{source.name!r} has input {inputs[0]['name']!r} {inputs[0]['shape']} "
+                         f"{inputs[0]['dtype']}; the recipe says {list(spec.shape)} {spec.dtype}")
+    name = f"model_{quantization}.tflite"
+    shutil.copyfile(source, ctx.out_dir / name)
+    ctx.log(f"imported {source.name} as {name}: {report['op_count']} ops, weights "
+            f"{', '.join(report['weight_bytes_by_dtype']) or 'none'}")
+    report = {**report, "file": name,
+              "conversion": {"converter": "import", "quantization": quantization, "source": source.name}}
+    return StepResult(files=[name], report=report, tool_versions=_versions("ai-edge-litert"))
 
 
 def onnx2tf_convert(ctx: StepContext) -> StepResult:

@@ -49,6 +49,8 @@ def _register_all() -> None:
         StepKind("savedmodel.export", "tf", "edgefleet.steps.convert:savedmodel_export"),
         StepKind("onnx.from_tf", "tf", "edgefleet.steps.convert:onnx_from_tf"),
         StepKind("onnx.import", "tf", "edgefleet.steps.source:onnx_import"),
+        StepKind("onnx.from_tflite", "tf", "edgefleet.steps.convert:onnx_from_tflite"),
+        StepKind("tflite.import", "tf", "edgefleet.steps.convert:tflite_import"),
         StepKind("onnx2tf.convert", "tf", "edgefleet.steps.convert:onnx2tf_convert"),
         StepKind("openvino.convert", "tf", "edgefleet.steps.convert:openvino_convert"),
         StepKind("edgetpu.preflight", "tf", "edgefleet.steps.edgetpu:edgetpu_preflight"),

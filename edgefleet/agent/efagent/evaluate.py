@@ -9,7 +9,8 @@ The eval spec (run.json ``eval``; see CONTRACT in the package docstring)::
     {"images": str (.npy of uint8 (N, H, W, 3) images ALREADY at the model's input size:
                     the host resized them, exactly, when it packed the split),
      "image_ids": [int] (N), "image_sizes": [[width, height]] (N, the ORIGINAL sizes),
-     "postprocess": {"kind": "ssd_anchors" | "yolov5" | "argmax", "params": {...}},
+     "postprocess": {"kind": "ssd_anchors" | "detections" | "yolov5" | "mediapipe_ssd" | "argmax",
+                     "params": {...}},
      "resize": "stretch" | "letterbox" (how the host resized; boxes are mapped back with it),
      "layout": "NHWC" | "NCHW" (the recipe's; the artifact's own input shape decides when it differs),
      "normalization": null | {"mean", "std"}}
@@ -34,7 +35,7 @@ import numpy as np
 from . import postprocess
 from .bench import latency_stats
 from .fileio import write_json_atomic
-from .inputs import to_input
+from .inputs import fitted
 
 EVAL_DIR = "eval"  # in RUN_DIR
 LAYOUTS = ("NHWC", "NCHW")
@@ -72,6 +73,7 @@ DECODERS = (
     ("ssd_anchors", postprocess.decode_detections),
     ("detections", postprocess.read_detections),  # decoded and NMS-ed inside the model's own graph
     ("yolov5", postprocess.decode_yolov5),
+    ("mediapipe_ssd", postprocess.decode_mediapipe_ssd),  # BlazeFace, palm detection
     ("argmax", _top_k),
 )  # type: Tuple[Tuple[str, Callable[..., List[Dict[str, Any]]]], ...]
 POSTPROCESS_KINDS = tuple(kind for kind, _ in DECODERS)
@@ -196,9 +198,9 @@ class _Decoding(object):
 
     def predict(self, raw, image_id, image_size):
         # type: (np.ndarray, int, Sequence[int]) -> List[Dict[str, Any]]
-        if self.layout == "NCHW":
-            raw = raw.transpose(0, 3, 1, 2)
-        self.session.set_input(0, to_input(np.ascontiguousarray(raw), self.detail, self.normalization))
+        # Normalized as NHWC pixels (per channel, the last axis), then laid out as the artifact wants.
+        self.session.set_input(0, fitted(np.ascontiguousarray(raw), self.detail, self.normalization,
+                                         self.layout == "NCHW"))
         start = time.perf_counter()
         self.session.invoke()
         invoked = time.perf_counter()

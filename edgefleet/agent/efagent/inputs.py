@@ -72,11 +72,26 @@ def make_feeds(details, spec, workdir):
     batch = int(detail["shape"][0]) if detail["shape"] and detail["shape"][0] else 1
     if samples.shape[0] < batch:
         raise CellError("{} samples cannot fill one batch of {}".format(samples.shape[0], batch))
-    feeds = [[to_input(samples[start:start + batch], detail, spec.get("normalization"))]
+    nchw = channels_first(samples.shape, detail["shape"])
+    feeds = [[fitted(samples[start:start + batch], detail, spec.get("normalization"), nchw)]
              for start in range(0, samples.shape[0] - batch + 1, batch)]
     described.update({"source": "samples", "samples": spec["samples"], "count": int(samples.shape[0]),
                       "fed_dtype": str(feeds[0][0].dtype)})
     return feeds, described
+
+
+def channels_first(images_shape, input_shape):
+    # type: (Sequence[int], Sequence[Optional[int]]) -> bool
+    """Raw NHWC images for an NCHW input (a converter's choice, e.g. tf2onnx's inputs_as_nchw)."""
+    return (len(images_shape) == 4 and len(input_shape) == 4 and images_shape[3] in (1, 3)
+            and list(input_shape[1:]) == [images_shape[3], images_shape[1], images_shape[2]])
+
+
+def fitted(raw, detail, normalization, nchw):
+    # type: (np.ndarray, Mapping[str, Any], Optional[Mapping[str, Any]], bool) -> np.ndarray
+    """to_input on NHWC pixels (normalization is per channel, the last axis), then NCHW if the input is."""
+    values = to_input(raw, detail, normalization)
+    return np.ascontiguousarray(values.transpose(0, 3, 1, 2)) if nchw else values
 
 
 def _load_samples(path, detail):
@@ -87,6 +102,8 @@ def _load_samples(path, detail):
         raise CellError("cannot read samples {}: {}".format(path, exc))
     expected = list(detail["shape"][1:])  # type: Sequence[Optional[int]]
     actual = list(samples.shape[1:])
+    if channels_first(samples.shape, detail["shape"]):
+        actual = [actual[2], actual[0], actual[1]]
     if len(expected) != len(actual) or any(e is not None and e != a for e, a in zip(expected, actual)):
         raise CellError("samples of shape {} do not match input {!r} of shape {} (one image is {})".format(
             list(samples.shape), detail["name"], detail["shape"], expected))

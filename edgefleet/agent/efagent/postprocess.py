@@ -19,6 +19,10 @@ Conventions
   ``category_ids``, a list mapping class index to id (e.g. COCO's 80 -> 91 ids).
 * Models with decoding and NMS in their graph (kind ``detections``) return boxes
   ``[ymin, xmin, ymax, xmax]`` normalised to the model input, TensorFlow's order.
+* MediaPipe's SSD detectors (kind ``mediapipe_ssd``: BlazeFace, palm detection) follow the
+  TensorsToDetections convention instead: fixed-size anchors (1 x 1, only centers matter, same
+  order as above with ``anchors_per_cell`` per map), regressors ``[dx, dy, w, h, keypoints...]``
+  in input pixels divided by ``box_scale`` (x before y: reverse_output_order), sigmoid logits.
 """
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -458,3 +462,76 @@ def decode_yolov5(output, params, image_size, resize="stretch", input_size=None)
                           int(_param(params, "max_detections")))
     xywh = to_image_pixels(boxes[keep], image_size, resize, size)
     return _to_detections(xywh, confidence[keep], classes[keep], params)
+
+
+# ---------------------------------------------------------------- MediaPipe SSD (BlazeFace, palm detection)
+
+def mediapipe_anchors(params):
+    # type: (Mapping[str, Any]) -> np.ndarray
+    """(A, 2) float64 anchor centers ``[cx, cy]`` normalised; every anchor is 1 x 1 (fixed_anchor_size).
+
+    params: ``feature_maps`` ([[H, W], ...] or [S, ...], layers of one stride already merged) and
+    ``anchors_per_cell`` (one count per map). Order: map, row, column, anchor of the cell.
+    """
+    sizes = _feature_map_sizes(params)
+    per_cell = [int(k) for k in _param(params, "anchors_per_cell")]
+    if not sizes or len(per_cell) != len(sizes) or any(k < 1 for k in per_cell):
+        raise ValueError("anchors_per_cell {} must give a positive count for each of the {} feature maps"
+                         .format(per_cell, len(sizes)))
+    blocks = []
+    for (height, width), k in zip(sizes, per_cell):
+        cy, cx = np.meshgrid((np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width,
+                             indexing="ij")
+        blocks.append(np.repeat(np.stack([cx.ravel(), cy.ravel()], axis=1), k, axis=0))
+    return np.concatenate(blocks, axis=0)
+
+
+def _box_scales(params):
+    # type: (Mapping[str, Any]) -> np.ndarray
+    scale = _param(params, "box_scale")
+    scales = np.asarray([scale] * 4 if np.ndim(scale) == 0 else scale, dtype=np.float64)
+    if scales.shape != (4,) or np.any(scales <= 0):
+        raise ValueError("box_scale must be a positive number or [x, y, w, h] scales, got {!r}".format(scale))
+    return scales
+
+
+def _pick_mediapipe_outputs(outputs, n_anchors, num_classes):
+    # type: (Outputs, int, int) -> Tuple[np.ndarray, np.ndarray]
+    """(regressors (A, R), scores (A, C)) by shape: the scores have C columns, the regressors more (>= 4)."""
+    arrays = _as_arrays(outputs)
+    scores = [a for a in arrays if a.shape == (n_anchors, num_classes)]
+    regressors = [a for a in arrays if a.ndim == 2 and a.shape[0] == n_anchors and a.shape[1] >= 4
+                  and a.shape[1] > num_classes]
+    if len(scores) != 1 or len(regressors) != 1:
+        raise ValueError("expected one ({0}, {1}) score output and one ({0}, R > {1}, R >= 4) regressor output, "
+                         "got shapes {2}".format(n_anchors, num_classes, [tuple(a.shape) for a in arrays]))
+    return regressors[0].astype(np.float64), scores[0].astype(np.float64)
+
+
+def decode_mediapipe_ssd(outputs, params, image_size, resize="stretch", input_size=None):
+    # type: (Outputs, Mapping[str, Any], Sequence[int], str, Optional[Sequence[int]]) -> List[Detection]
+    """Decode MediaPipe's TensorsToDetections convention (BlazeFace, palm detection) into COCO detections.
+
+    ``outputs``, in any order: regressors (1, A, R) ``[dx, dy, w, h, keypoints...]`` in input
+    pixels (keypoints ignored) and score logits (1, A, C). Center = d / box_scale + anchor center,
+    size = w / box_scale (anchors are 1 x 1); score = sigmoid(logit clipped to +-score_clip), best
+    class per anchor. NMS is plain greedy per class, where MediaPipe blends overlaps (weighted NMS).
+    params: mediapipe_anchors' keys, ``box_scale``, ``score_threshold``, ``iou_threshold``,
+    ``max_detections``; optionally ``num_classes`` (1), ``score_clip`` (100), ``category_ids``.
+    """
+    centers = mediapipe_anchors(params)
+    num_classes = int(params.get("num_classes", 1))
+    raw, logits = _pick_mediapipe_outputs(outputs, len(centers), num_classes)
+    clip = float(params.get("score_clip", 100.0))
+    scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -clip, clip)))
+    classes = np.argmax(scores, axis=1)
+    best = scores[np.arange(len(scores)), classes]
+    rows = np.nonzero(best >= float(_param(params, "score_threshold")))[0]
+
+    scaled = raw[rows, 0:4] / _box_scales(params)
+    boxes = cxcywh_to_xyxy(np.concatenate([scaled[:, 0:2] + centers[rows], scaled[:, 2:4]], axis=1))
+    boxes = np.clip(boxes, 0.0, 1.0)
+    keep = class_wise_nms(boxes, best[rows], classes[rows], float(_param(params, "iou_threshold")),
+                          int(_param(params, "max_detections")))
+    xywh = to_image_pixels(boxes[keep], image_size, resize, _input_size(params, input_size))
+    return _to_detections(xywh, best[rows][keep], classes[rows][keep], params)
