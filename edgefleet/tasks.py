@@ -110,28 +110,32 @@ def clean_task(c, all=False, images=False):  # noqa: A002  (the flag reads --all
     "wait": "follow the benchmark run to its end",
     "eval": "also run the accuracy evaluation on the device",
     "lock-wait": "seconds to wait for a busy device before failing",
+    "lab-wait": "seconds to wait in a labgrid lab's queue for the board's place (default 300)",
     "backend": "build backend for anything not yet built",
 })
 @reports_errors
 def deploy_task(c, target, model=None, device=None, dry_run=False, wait=False, eval=False,  # noqa: A002
-                lock_wait=0.0, backend=None):
+                lock_wait=0.0, lab_wait=None, backend=None):
     """Ship a target's built variants to its device and start the benchmark run detached."""
-    from edgefleet.api.deploy import DeployOptions, deploy
+    from edgefleet.api.deploy import DEFAULT_LAB_WAIT_S, DeployOptions, deploy
     deploy(DeployOptions(target=target, model=model, device=device, dry_run=dry_run, wait=wait, eval=eval,
-                         lock_wait_s=float(lock_wait), backend=backend))
+                         lock_wait_s=float(lock_wait), backend=backend,
+                         lab_wait_s=float(lab_wait) if lab_wait is not None else DEFAULT_LAB_WAIT_S))
 
 
 @task(name="collect-benchmarks", iterable=["run"], help={
     "run": "run id to collect (repeatable; default: the newest run on every device)",
     "baseline": "earlier run id to compare against",
     "threshold": "regression threshold as a fraction of p50 (default 0.10)",
+    "lab-wait": "seconds to wait in a labgrid lab's queue for a board's place (default 300)",
 })
 @reports_errors
-def collect_task(c, run=None, baseline=None, threshold=0.10):
+def collect_task(c, run=None, baseline=None, threshold=0.10, lab_wait=None):
     """Pull benchmark logs from every device, ingest them, and write the report."""
-    from edgefleet.api.collect import CollectOptions, collect_benchmarks
+    from edgefleet.api.collect import DEFAULT_LAB_WAIT_S, CollectOptions, collect_benchmarks
     collect_benchmarks(CollectOptions(runs=tuple(run or ()), baseline=baseline,
-                                      regression_threshold=float(threshold)))
+                                      regression_threshold=float(threshold),
+                                      lab_wait_s=float(lab_wait) if lab_wait is not None else DEFAULT_LAB_WAIT_S))
 
 
 @task(name="up", help={"devices": "comma-separated target names (default: rpi3,jetson-nano,coral)",
@@ -190,12 +194,14 @@ def doctor_task(c, target=None, no_devices=False, connect_timeout=3.0):
 
 
 @task(name="demo", help={"keep-fleet": "leave the emulated fleet running afterwards",
-                         "emulate": "qemu (default): boards' own architectures under qemu-user; host: this CPU"})
+                         "emulate": "qemu (default): boards' own architectures under qemu-user; host: this CPU",
+                         "labgrid": "publish the fleet in a labgrid lab on this machine and go through its "
+                                    "reservations (docs/labs.md)"})
 @reports_errors
-def demo_task(c, keep_fleet=False, emulate="qemu"):
+def demo_task(c, keep_fleet=False, emulate="qemu", labgrid=False):
     """Build the bundled model for every target, deploy it to the emulated fleet, benchmark, report."""
     from edgefleet.api.demo import DemoOptions, demo
-    demo(DemoOptions(keep_fleet=keep_fleet, emulate=emulate))
+    demo(DemoOptions(keep_fleet=keep_fleet, emulate=emulate, labgrid=labgrid))
 
 
 def make_collection() -> Collection:

@@ -48,6 +48,7 @@ def lab(tmp_path_factory):
         if (REPO / name).exists():
             shutil.copytree(REPO / name, root / name)
     (root / "edgefleet.yaml").write_text("backend: local\n")
+    shutil.copy(REPO / "tasks.py", root / "tasks.py")  # the command line, as a user runs it here
     started = time.monotonic()
     inventory = up(FleetUpOptions(devices=(PLACE,), isolation="loopback", emulate="host", labgrid=True,
                                   workspace=root), quiet_env())
@@ -166,6 +167,12 @@ def test_a_held_place_and_a_short_wait_name_the_holder_and_the_place(lab):
         with pytest.raises(DeviceBusyError, match="held by bench/carol"):
             deploy(DeployOptions(target=PLACE, dry_run=True, lab_wait_s=0.5, workspace=root), env)
         assert "deploy plan" not in said(env)
+        # And from the command line, with the wait given there.
+        proc = subprocess.run([str(Path(sys.executable).with_name("invoke")), "deploy", "--target", PLACE,
+                               "--dry-run", "--lab-wait", "0.5"], cwd=root, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode != 0 and "held by bench/carol" in proc.stderr + proc.stdout, proc.stderr
+        assert "gave up after 0.5 s" in proc.stderr + proc.stdout
     finally:
         client(coordinator, "-p", PLACE, "release", user="bench/carol")
 
@@ -314,3 +321,42 @@ def test_fleet_down_stops_the_lab(tmp_path):
     down(FleetDownOptions(workspace=root), quiet_env())
     assert not lab_pids(state, "labgrid-coordinator") and not lab_pids(state, "labgrid-exporter")
     assert not lab_dir(state).exists()
+
+
+QUICK_TARGET = """\
+extends: rpi3
+formats: {tflite: {quantizations: [fp32]}}
+bench: {threads: [1], warmup_runs: 2, min_runs: 10, min_duration_s: 0.2, cooldown_s: 0.0}
+"""
+
+
+def test_two_users_deploy_to_one_place_the_second_waits_in_the_queue_then_runs(lab):
+    """Two engineers' `invoke deploy --wait` to one board: the second waits in labgrid's queue while the first
+    holds the place for its whole run, then gets it and runs; both runs complete."""
+    root, coordinator = lab
+    (root / "targets" / "rpi3-quick.yaml").write_text(QUICK_TARGET)
+    from edgefleet.api.build import BuildOptions, build
+    build(BuildOptions(target="rpi3-quick", workspace=root), quiet_env())
+
+    def deploy_as(user: str) -> subprocess.Popen[str]:
+        environ = dict(os.environ, LG_HOSTNAME="desk", LG_USERNAME=user, COLUMNS="200")
+        return subprocess.Popen([str(Path(sys.executable).with_name("invoke")), "deploy", "--target", "rpi3-quick",
+                                 "--device", PLACE, "--wait", "--lab-wait", "120"], cwd=root, env=environ,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    first = deploy_as("alice")
+    deadline = time.monotonic() + 60
+    while holder(coordinator) != "desk/alice":
+        assert first.poll() is None and time.monotonic() < deadline, first.stdout.read() if first.stdout else ""
+        time.sleep(0.2)
+    second = deploy_as("bob")
+    out_first, _ = first.communicate(timeout=300)
+    out_second, _ = second.communicate(timeout=300)
+    assert first.returncode == 0, out_first
+    assert second.returncode == 0, out_second
+    assert "waiting for labgrid place rpi3: held by desk/alice" in out_second, out_second
+    # bob's deploy went on the board only after alice's run had finished and her place was released.
+    assert out_second.index("held by desk/alice") < out_second.index(f"acquired labgrid place {PLACE}")
+    for output in (out_first, out_second):
+        assert f"released labgrid place {PLACE}" in output and "done: 1/1 cells" in output, output
+    assert holder(coordinator) == "None"

@@ -24,6 +24,7 @@ class DemoOptions:
     keep_fleet: bool = False
     emulate: str = "qemu"        # see FleetUpOptions.emulate
     evaluate: bool = True        # on-device accuracy beside latency
+    labgrid: bool = False        # publish the fleet in a labgrid lab here; every deploy and collect reserves its place
     workspace: Path | None = None
 
 
@@ -36,9 +37,10 @@ def demo(options: DemoOptions, env: Env | None = None) -> CollectOutcome:
         say(f"build: {model} for {target}")
         build(BuildOptions(target=target, model=model, workspace=ws.root), env)
     isolation = "netns" if os.geteuid() == 0 else "loopback"
-    say(f"emulated fleet ({isolation}, {options.emulate}): {', '.join(options.devices)}")
-    up(FleetUpOptions(devices=options.devices, isolation=isolation, emulate=options.emulate, workspace=ws.root),
-       env)
+    lab = ", in a labgrid lab" if options.labgrid else ""
+    say(f"emulated fleet ({isolation}, {options.emulate}{lab}): {', '.join(options.devices)}")
+    up(FleetUpOptions(devices=options.devices, isolation=isolation, emulate=options.emulate, labgrid=options.labgrid,
+                      workspace=ws.root), env)
     bench = QUICK_BENCH if options.emulate == "host" else ()
     try:
         run_ids = []

@@ -97,6 +97,17 @@ def load_calibration(path: Path, limit: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(images[:limit])
 
 
+def read_rgb(path: Path, error: type[Exception] = SourceError) -> np.ndarray:
+    """An image file's pixels as (H, W, 3) uint8 RGB (grey and RGBA converted); ``error`` if unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise error(f"{path}: not a readable image: {exc}") from None
+
+
 def fit_images(raw: np.ndarray, spec: InputSpec) -> np.ndarray:
     """Raw (N,H,W,3) uint8 resized to the model's height and width, still uint8 NHWC."""
     h, w = spec.height, spec.width

@@ -100,16 +100,6 @@ def _pack_key(gt_bytes: bytes, image_paths: list[Path], input_size: tuple[int, i
     return digest.hexdigest()
 
 
-def _load_rgb(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as exc:
-        raise ConfigError(f"{path}: not a readable image: {exc}") from None
-
-
 def pack_evaluation(loaded: LoadedRecipe, cache_dir: Path, downloads_dir: Path,
                     log: Callable[[str], None] = print) -> PackedEval:
     """The recipe's evaluation split as a device-ready pack, built or taken from ``cache_dir``."""
@@ -145,7 +135,7 @@ def _pack_agreement(loaded: LoadedRecipe, cache_dir: Path, downloads_dir: Path,
 
 def _pack_split(loaded: LoadedRecipe, cache_dir: Path) -> PackedEval:
     """A labelled split: annotations plus a folder of images, resized here."""
-    from edgefleet.convert.preprocess import InputSpec, fit_images
+    from edgefleet.convert.preprocess import InputSpec, fit_images, read_rgb
 
     recipe = loaded.recipe
     assert recipe.evaluation is not None and recipe.evaluation.annotations and recipe.evaluation.images  # narrowing
@@ -177,7 +167,7 @@ def _pack_split(loaded: LoadedRecipe, cache_dir: Path) -> PackedEval:
     sizes = []
     packed = []
     for path in image_paths:
-        rgb = _load_rgb(path)
+        rgb = read_rgb(path, ConfigError)
         sizes.append((int(rgb.shape[1]), int(rgb.shape[0])))
         packed.append(fit_images(rgb[None], spec)[0])
     array = np.ascontiguousarray(np.stack(packed).astype(np.uint8))

@@ -88,16 +88,6 @@ def _extract_verified(loaded: LoadedRecipe, wheel: Path, member: str, expected: 
         tmp.unlink(missing_ok=True)
 
 
-def _load_rgb(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as exc:
-        raise SourceError(f"{display_path(path)}: not a readable photograph: {exc}") from None
-
-
 def crop_boxes(height: int, width: int, aspect: float, count: int, seed: int, index: int) -> list[tuple[int, ...]]:
     """``count`` (x, y, w, h) crops of a photograph with width/height ``aspect``, seeded by (seed, index)."""
     rng = np.random.default_rng([seed, index])
@@ -113,12 +103,12 @@ def crop_boxes(height: int, width: int, aspect: float, count: int, seed: int, in
 def photo_images(files: list[tuple[str, Path]], shape: tuple[int, ...], layout: str, resize: str, crops: int,
                  seed: int) -> tuple[np.ndarray, list[str]]:
     """Whole photographs and their crops at the model's input size, with where each came from."""
-    from edgefleet.convert.preprocess import InputSpec, fit_images
+    from edgefleet.convert.preprocess import InputSpec, fit_images, read_rgb
 
     spec = InputSpec(shape=shape, layout=layout, resize=resize)  # type: ignore[arg-type]
     images, provenance = [], []
     for index, (member, path) in enumerate(files):
-        rgb = _load_rgb(path)
+        rgb = read_rgb(path)
         images.append(fit_images(rgb[None], spec)[0])
         provenance.append(member)
         for x, y, w, h in crop_boxes(rgb.shape[0], rgb.shape[1], spec.width / spec.height, crops, seed, index):
