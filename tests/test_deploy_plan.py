@@ -263,3 +263,17 @@ def test_variants_that_differ_only_in_name_are_measured_once(graphs, measured, s
     assert all(any(name in w and other in w for w in plan.warnings) for name, other in same_as.items())
     shipped_graphs = [a.remote for a in plan.uploads if a.remote.endswith("frozen.pb")]
     assert len(shipped_graphs) == len(measured) + 1
+
+
+def test_a_host_cpu_standin_plans_only_the_hosts_runtime(workspace_copy: Path) -> None:
+    """`--emulate host` ships this host's runtime wheels whatever the model: a SavedModel source (shapes-relu6,
+    the demo's Jetson model), from which the host profile's savedmodel format cannot be planned, still gets
+    them."""
+    from edgefleet.api.deploy import host_runtime_plan
+    from edgefleet.recipes.load import load_recipe
+    from edgefleet.workspace import open_workspace
+
+    ws = open_workspace(workspace_copy)
+    profile, plan = host_runtime_plan(ws, load_recipe(ws.models_dir, "shapes-relu6"))
+    assert profile.name == "local"
+    assert [step.id for step in plan.steps] == ["runtime/wheelhouse"]

@@ -28,7 +28,7 @@ from edgefleet.execute import execute_plan
 from edgefleet.plan.model import Plan
 from edgefleet.plan.workspace import plan_for
 from edgefleet.profiles.load import load_profile
-from edgefleet.profiles.model import Profile
+from edgefleet.profiles.model import Formats, Profile
 from edgefleet.recipes.load import LoadedRecipe, load_recipe
 from edgefleet.recipes.photos import calibration_data
 from edgefleet.runs import RunRecord, new_run_id, save_run
@@ -66,6 +66,13 @@ class DeployOutcome:
     final_status: dict | None = None
 
 
+def host_runtime_plan(ws: Workspace, recipe: LoadedRecipe) -> tuple[Profile, Plan]:
+    """This host's profile and a plan of its runtime wheelhouse alone: its formats need not even plan from the
+    recipe (a SavedModel source has no savedmodel step), and the wheelhouse's key does not depend on them."""
+    host = load_profile(ws.targets_dir, HOST_TARGET).profile
+    return host, plan_for(ws, host.model_copy(update={"formats": Formats.model_construct()}), recipe)
+
+
 def wheelhouse_files(ws: Workspace, profile: Profile, plan: Plan, recipe: LoadedRecipe, address: DeviceAddress,
                      env: Env, backend_name: str | None) -> tuple[list[LocalFile], tuple[str, ...], str]:
     """The runtime wheels for the device's real CPU, built (or cached) now."""
@@ -73,8 +80,7 @@ def wheelhouse_files(ws: Workspace, profile: Profile, plan: Plan, recipe: Loaded
     # wheels. A qemu-user device runs the board's own architecture and gets the board's wheels.
     source_profile = profile
     if address.host_cpu:
-        source_profile = load_profile(ws.targets_dir, HOST_TARGET).profile
-        plan = plan_for(ws, source_profile, recipe)
+        source_profile, plan = host_runtime_plan(ws, recipe)
     runtime = source_profile.runtime
     if not ships_wheels(runtime):
         return [], (), f"provided by the device: {runtime.note or runtime.name}"
