@@ -34,3 +34,8 @@ def make_console(*, stderr: bool = False, quiet: bool = False) -> Console:
 def echo_command(console: Console, argv: Sequence[str] | str) -> None:
     text = argv if isinstance(argv, str) else shlex.join(str(a) for a in argv)
     console.print(f"+ {text}", markup=False, style="dim")
+
+
+def progress_line(line: str) -> None:
+    """A progress line for a caller that gave no log of its own: on stderr, since stdout may be a report."""
+    print(line, file=sys.stderr, flush=True)

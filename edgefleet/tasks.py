@@ -117,7 +117,8 @@ def clean_task(c, all=False, images=False):  # noqa: A002  (the flag reads --all
 def deploy_task(c, target, model=None, device=None, dry_run=False, wait=False, eval=False,  # noqa: A002
                 lock_wait=0.0, lab_wait=None, backend=None):
     """Ship a target's built variants to its device and start the benchmark run detached."""
-    from edgefleet.api.deploy import DEFAULT_LAB_WAIT_S, DeployOptions, deploy
+    from edgefleet.api.deploy import DeployOptions, deploy
+    from edgefleet.deploy.devices import DEFAULT_LAB_WAIT_S
     deploy(DeployOptions(target=target, model=model, device=device, dry_run=dry_run, wait=wait, eval=eval,
                          lock_wait_s=float(lock_wait), backend=backend,
                          lab_wait_s=float(lab_wait) if lab_wait is not None else DEFAULT_LAB_WAIT_S))
@@ -132,7 +133,8 @@ def deploy_task(c, target, model=None, device=None, dry_run=False, wait=False, e
 @reports_errors
 def collect_task(c, run=None, baseline=None, threshold=0.10, lab_wait=None):
     """Pull benchmark logs from every device, ingest them, and write the report."""
-    from edgefleet.api.collect import DEFAULT_LAB_WAIT_S, CollectOptions, collect_benchmarks
+    from edgefleet.api.collect import CollectOptions, collect_benchmarks
+    from edgefleet.deploy.devices import DEFAULT_LAB_WAIT_S
     collect_benchmarks(CollectOptions(runs=tuple(run or ()), baseline=baseline,
                                       regression_threshold=float(threshold),
                                       lab_wait_s=float(lab_wait) if lab_wait is not None else DEFAULT_LAB_WAIT_S))

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edgefleet.console import progress_line
 from edgefleet.errors import ConfigError
 from edgefleet.evaluation.kinds import evaluator
 from edgefleet.recipes.load import LoadedRecipe
@@ -101,7 +102,7 @@ def _pack_key(gt_bytes: bytes, image_paths: list[Path], input_size: tuple[int, i
 
 
 def pack_evaluation(loaded: LoadedRecipe, cache_dir: Path, downloads_dir: Path,
-                    log: Callable[[str], None] = print) -> PackedEval:
+                    log: Callable[[str], None] = progress_line) -> PackedEval:
     """The recipe's evaluation split as a device-ready pack, built or taken from ``cache_dir``."""
     recipe = loaded.recipe
     if recipe.evaluation is None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from edgefleet.console import progress_line
 from edgefleet.plan.model import Plan, SourceInput
 from edgefleet.plan.planner import PlanInputs, plan_build
 from edgefleet.profiles.load import load_profile
@@ -22,9 +22,6 @@ from edgefleet.workspace import Workspace
 
 Log = Callable[[str], None]
 
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 def builder_versions(ws: Workspace) -> dict[str, str]:
     """A builder's version is the digest of its builder.yaml (its pins)."""
@@ -50,7 +47,7 @@ def tf_op_registry_cache(ws: Workspace) -> Path:
     return Path(override) if override else ws.downloads_dir / opregistry.CACHE_DIR
 
 
-def tf_op_registries(ws: Workspace, profile: Profile, log: Log = _stderr) -> dict[str, SourceInput]:
+def tf_op_registries(ws: Workspace, profile: Profile, log: Log = progress_line) -> dict[str, SourceInput]:
     """The op registry of the TensorFlow a tftrt target pins (fetched once from PyPI); none without tftrt."""
     tftrt = profile.formats.tftrt
     if tftrt is None:
@@ -59,7 +56,7 @@ def tf_op_registries(ws: Workspace, profile: Profile, log: Log = _stderr) -> dic
     return {tftrt.jetpack_tf_version: SourceInput(path, sha256_tree(path))}
 
 
-def plan_for(ws: Workspace, profile: Profile, recipe: LoadedRecipe, *, log: Log = _stderr) -> Plan:
+def plan_for(ws: Workspace, profile: Profile, recipe: LoadedRecipe, *, log: Log = progress_line) -> Plan:
     """``log`` gets the progress lines of a first-time fetch (the op registry)."""
     source = resolve_source(recipe, ws.downloads_dir, log=log)
     calibration = calibration_data(recipe, ws.downloads_dir, log)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.config.yamlsrc import display_path
+from edgefleet.console import progress_line
 from edgefleet.digest import sha256_file, sha256_tree
 from edgefleet.errors import SourceError
 from edgefleet.recipes import wheels
@@ -84,12 +84,10 @@ def _write_lock(lock: Path, entries: dict[str, str]) -> None:
     os.replace(tmp, lock)
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def resolve_source(loaded: LoadedRecipe, cache_dir: Path, fetch: Fetcher = urllib_fetch, *,
-                   log: Log = _stderr) -> ResolvedSource:
+                   log: Log = progress_line) -> ResolvedSource:
     """``log`` gets the progress line of a first-time package fetch (a wheel can be tens of MB)."""
     source = loaded.recipe.source
     if source.path is not None:
