@@ -277,3 +277,21 @@ def test_a_host_cpu_standin_plans_only_the_hosts_runtime(workspace_copy: Path) -
     profile, plan = host_runtime_plan(ws, load_recipe(ws.models_dir, "shapes-relu6"))
     assert profile.name == "local"
     assert [step.id for step in plan.steps] == ["runtime/wheelhouse"]
+
+
+@pytest.mark.parametrize("emulated, cpus, threads, cells, skipped", [
+    # An emulated board runs on this host's CPUs: more threads than those would time the host's contention.
+    (True, 2, (1, 2, 3, 4), ["t1", "t2"], "dev is emulated on this host's 2 CPUs: threads 3, 4 not measured"),
+    (True, 1, (2, 4), ["t2"], "dev is emulated on this host's 1 CPU: threads 4 not measured"),
+    (True, 4, (1, 2, 3, 4), ["t1", "t2", "t3", "t4"], None),
+    (True, None, (1, 4), ["t1", "t4"], None),           # an older probe that did not say
+    (False, 2, (1, 2, 3, 4), ["t1", "t2", "t3", "t4"], None),  # a real board measures what the profile asks
+])
+def test_an_emulated_device_measures_no_more_threads_than_it_has_cpus(emulated, cpus, threads, cells, skipped):
+    only_fp32 = [VARIANTS[0]]
+    plan = plan_deploy(request(profile(threads=threads), emulated=emulated, variants=only_fp32),
+                       replace(facts(), cpus=cpus))
+    assert [cell.rsplit("/", 1)[1] for cell in cells_of(plan)] == cells
+    found = [w for w in plan.warnings if "not measured" in w]
+    assert found == ([] if skipped is None else [f"{skipped} (they would time the host's contention, not the "
+                                                  "board's cores)"])

@@ -53,8 +53,10 @@ try:
         runtime = json.load(fh)
 except (OSError, ValueError):
     pass
+# The CPUs this process may run on (an affinity mask or a cgroup can give fewer than the machine has).
+cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 print(json.dumps({
-    "arch": platform.machine(), "os": osname, "python": "%d.%d" % sys.version_info[:2],
+    "arch": platform.machine(), "os": osname, "python": "%d.%d" % sys.version_info[:2], "cpus": cpus,
     "python_path": sys.executable, "free_bytes": usage.free, "free_path": probe,
     "identity": identity, "present": present, "runtime": runtime, "missing_modules": missing,
 }))
@@ -73,6 +75,7 @@ class DeviceFacts:
     present: Mapping[str, bool] = field(default_factory=dict)
     runtime: Mapping[str, Any] | None = None
     missing_modules: tuple[str, ...] = ()   # of those asked for, the ones the device's Python cannot find
+    cpus: int | None = None                 # CPUs the device's processes may use; None: not reported
 
     @property
     def emulated(self) -> bool:

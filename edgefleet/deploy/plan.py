@@ -206,7 +206,24 @@ def _check_os_modules(request: DeployRequest, facts: DeviceFacts) -> None:
         "again. Nothing was sent.")
 
 
-def build_cells(request: DeployRequest, samples_remote: str | None) -> list[dict[str, Any]]:
+def measured_threads(request: DeployRequest, facts: DeviceFacts) -> tuple[tuple[int, ...], str | None]:
+    """The profile's thread counts, less those an emulated device would time on shared cores, and why.
+
+    An emulated board runs on this host's CPUs: more threads than those measure the host's contention, not
+    the board's cores, and would only be flagged unstable. A real board measures what the profile asks."""
+    threads = tuple(request.profile.bench.threads)
+    cpus = facts.cpus
+    if not (facts.emulated or request.emulated_inventory) or not cpus or max(threads) <= cpus:
+        return threads, None
+    kept = tuple(t for t in threads if t <= cpus) or (min(threads),)
+    dropped = ", ".join(str(t) for t in threads if t not in kept)
+    return kept, (f"{request.device} is emulated on this host's {cpus} CPU{'s' if cpus > 1 else ''}: threads "
+                  f"{dropped} not measured (they would time the host's contention, not the board's cores)")
+
+
+def build_cells(request: DeployRequest, samples_remote: str | None,
+                threads: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
+    """One cell per variant, delegate and thread count (``threads``: default, the profile's)."""
     cells = []
     bench = request.profile.bench
     evaluated: set[tuple[str, str]] = set()  # accuracy depends on artifact and delegate, not on threads
@@ -218,15 +235,15 @@ def build_cells(request: DeployRequest, samples_remote: str | None) -> list[dict
             spec = runtime.delegate(delegate_name, variant.name)
             if spec is None:  # this runtime has no such delegate, or it makes no sense for this variant
                 continue
-            for threads in bench.threads:
+            for count in threads or bench.threads:
                 cells.append({
-                    "cell": f"{variant.name}/{delegate_name}/t{threads}",
+                    "cell": f"{variant.name}/{delegate_name}/t{count}",
                     "variant": variant.name,
                     "artifact": artifact_remote(request.workdir, variant),
                     "artifact_sha256": variant.file.sha256,
                     "companions": companions,
                     "runtime": variant.runtime,
-                    "threads": threads,
+                    "threads": count,
                     "delegate": dict(spec.payload) if spec.payload else None,
                     "delegate_name": delegate_name,
                     "input": {"samples": samples_remote, "normalization": request.samples_normalization},
@@ -317,7 +334,10 @@ def plan_deploy(request: DeployRequest, facts: DeviceFacts) -> DeployPlan:
         if not facts.runtime or facts.runtime.get("digest") != digest:
             actions.append(ProvisionRuntime(paths["wheelhouse"], request.runtime_requirements, digest, system))
 
-    cells = build_cells(request, samples_remote)
+    threads, skipped = measured_threads(request, facts)
+    if skipped:
+        warnings.append(skipped)
+    cells = build_cells(request, samples_remote, threads)
     if not cells:
         raise DeployError(f"{request.device}: nothing to benchmark: no valid variant fits the profile's "
                           f"delegates {list(request.profile.bench.delegates)}")
