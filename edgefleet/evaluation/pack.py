@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,10 @@ from typing import Any
 import numpy as np
 
 from edgefleet.console import progress_line
+from edgefleet.digest import sha256_file
 from edgefleet.errors import ConfigError
 from edgefleet.evaluation.kinds import evaluator
+from edgefleet.files import npy_bytes, write_atomic
 from edgefleet.recipes.load import LoadedRecipe
 
 PACK_VERSION = 1  # bump when the packed bytes would change for the same inputs
@@ -49,21 +50,6 @@ class PackedEval:
     kind: TaskKind
     input_size: tuple[int, int]           # (width, height) the images were resized to
     resize: str
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _ground_truth(loaded: LoadedRecipe, relative: str, kind: TaskKind) -> tuple[Path, dict[str, Any]]:
@@ -118,7 +104,7 @@ def pack_evaluation(loaded: LoadedRecipe, cache_dir: Path, downloads_dir: Path,
 
 def _pack_agreement(loaded: LoadedRecipe, cache_dir: Path, downloads_dir: Path,
                     log: Callable[[str], None]) -> PackedEval:
-    from edgefleet.evaluation.agreement import agreement_reference
+    from edgefleet.evaluation.agreement import agreement_reference, eval_spec
     from edgefleet.recipes.sources import resolve_source
 
     source = resolve_source(loaded, downloads_dir, log=log)
@@ -126,12 +112,12 @@ def _pack_agreement(loaded: LoadedRecipe, cache_dir: Path, downloads_dir: Path,
     gt_sha = hashlib.sha256(gt_bytes).hexdigest()
     gt_cached = Path(cache_dir) / GROUND_TRUTH_DIR / f"{gt_sha}.json"
     if not gt_cached.is_file():
-        _write_atomic(gt_cached, gt_bytes)
-    height, width = loaded.recipe.input.height_width
-    meta = {"images_sha256": pack.sha256, "image_ids": list(range(1, pack.count + 1)),
-            "image_sizes": [[width, height]] * pack.count}
-    # The photos are packed at the input size, so "stretch" maps boxes back onto those same pixels.
-    return _packed(pack.images, meta, gt_cached, gt_sha, "agreement", (width, height), "stretch")
+        write_atomic(gt_cached, gt_bytes)
+    # The very ids, sizes and resize the reference was decoded with: the variants' boxes land on its pixels.
+    spec = eval_spec(loaded, pack)
+    meta = {"images_sha256": pack.sha256, "image_ids": spec["image_ids"], "image_sizes": spec["image_sizes"]}
+    width, height = spec["image_sizes"][0]
+    return _packed(pack.images, meta, gt_cached, gt_sha, "agreement", (width, height), spec["resize"])
 
 
 def _pack_split(loaded: LoadedRecipe, cache_dir: Path) -> PackedEval:
@@ -156,13 +142,13 @@ def _pack_split(loaded: LoadedRecipe, cache_dir: Path) -> PackedEval:
     cache_dir = Path(cache_dir)
     gt_cached = cache_dir / GROUND_TRUTH_DIR / f"{gt_sha}.json"
     if not gt_cached.is_file():
-        _write_atomic(gt_cached, gt_bytes)
+        write_atomic(gt_cached, gt_bytes)
     key = _pack_key(gt_bytes, image_paths, input_size, spec.resize)[:24]
     npy = cache_dir / f"{key}.npy"
     meta_path = cache_dir / f"{key}.json"
     if npy.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if _sha256(npy) == meta.get("images_sha256"):
+        if sha256_file(npy) == meta.get("images_sha256"):
             return _packed(npy, meta, gt_cached, gt_sha, kind, input_size, spec.resize)
 
     sizes = []
@@ -172,13 +158,10 @@ def _pack_split(loaded: LoadedRecipe, cache_dir: Path) -> PackedEval:
         sizes.append((int(rgb.shape[1]), int(rgb.shape[0])))
         packed.append(fit_images(rgb[None], spec)[0])
     array = np.ascontiguousarray(np.stack(packed).astype(np.uint8))
-    tmp = npy.with_name(f".{npy.name}.tmp.{os.getpid()}.npy")
-    npy.parent.mkdir(parents=True, exist_ok=True)
-    np.save(tmp, array, allow_pickle=False)
-    os.replace(tmp, npy)
+    write_atomic(npy, npy_bytes(array))
     meta = {"image_ids": [image["id"] for image in images_meta], "image_sizes": [list(s) for s in sizes],
-            "images_sha256": _sha256(npy), "source": str(image_dir.name), "pack_version": PACK_VERSION}
-    _write_atomic(meta_path, json.dumps(meta, indent=1).encode())
+            "images_sha256": sha256_file(npy), "source": str(image_dir.name), "pack_version": PACK_VERSION}
+    write_atomic(meta_path, json.dumps(meta, indent=1).encode())
     return _packed(npy, meta, gt_cached, gt_sha, kind, input_size, spec.resize)
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from edgefleet.config.yamlsrc import display_path
 from edgefleet.digest import sha256_file
 from edgefleet.errors import ConfigError, SourceError
+from edgefleet.files import npy_bytes, write_atomic
 from edgefleet.recipes import wheels
 from edgefleet.recipes.load import LoadedRecipe
 from edgefleet.recipes.model import PhotoSet
@@ -132,10 +133,9 @@ def photo_pack(loaded: LoadedRecipe, downloads_dir: Path, *, seed: int, log: Log
         return cached
     images, provenance = photo_images(files, recipe_input.shape, recipe_input.layout, recipe_input.resize,
                                       photos.crops, seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(npy, lambda path: np.save(path, images, allow_pickle=False))
+    write_atomic(npy, npy_bytes(images))
     record = {"sha256": sha256_file(npy), "provenance": provenance, **identity}
-    _write_atomic(meta, lambda path: path.write_text(json.dumps(record, indent=1)))
+    write_atomic(meta, json.dumps(record, indent=1).encode())
     log(f"packed {len(provenance)} images from {len(files)} photographs of {photos.package} {photos.version} "
         f"({photos.crops} crops each, seed {seed})")
     return PhotoPack(npy, record["sha256"], tuple(provenance))
@@ -149,16 +149,6 @@ def _cached(npy: Path, meta: Path) -> PhotoPack | None:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return None
-
-
-def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(name))
-        os.replace(name, path)
-    finally:
-        Path(name).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
