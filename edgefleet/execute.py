@@ -113,6 +113,7 @@ def step_description(step_id: str, line: str) -> str:
 def execute_plan(plan: Plan, store: ArtifactStore, backend: Backend, *, jobs: int = 1,
                  timeout_s: float = 3600.0, console: Console | None = None) -> BuildSummary:
     console = console or Console(quiet=True)
+    jobs = max(1, backend.capacity(jobs))
     outcomes: dict[str, StepOutcome] = {}
     pending = [s for s in plan.steps]
     for step in plan.steps:
@@ -122,7 +123,7 @@ def execute_plan(plan: Plan, store: ArtifactStore, backend: Backend, *, jobs: in
 
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn(
         "{task.completed}/{task.total}"), TimeElapsedColumn(), console=console, transient=False)
-    with progress, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with progress, ThreadPoolExecutor(max_workers=jobs) as pool:
         overall = progress.add_task(escape(f"build {plan.model} for {plan.target}"), total=len(plan.steps),
                                     completed=len(outcomes))
         running: dict[Future[StepOutcome], tuple[Step, int]] = {}
@@ -144,7 +145,7 @@ def execute_plan(plan: Plan, store: ArtifactStore, backend: Backend, *, jobs: in
                     continue
                 ready = all(outcomes.get(d) is not None and outcomes[d].status in ("cached", "built")
                             for d in plan.dependencies(step))
-                if ready and len(running) < max(1, jobs):
+                if ready and len(running) < jobs:
                     pending.remove(step)
                     task = progress.add_task(f"  {step.id}", total=None)
 

@@ -86,6 +86,10 @@ class ArtifactStore:
         for rel in primary:
             if not (out / rel).exists():
                 raise BuildError(f"step {manifest.get('step')} reported {rel!r} but did not write it")
+        for reserved in (MANIFEST, BUILD_LOG):
+            if (out / reserved).exists():
+                raise BuildError(f"step {manifest.get('step')} wrote {reserved}, a name the artifact store keeps for "
+                                 "its own file; the step must name its output otherwise")
         for item in sorted(p for p in out.rglob("*") if p.is_file()):
             rel = item.relative_to(out).as_posix()
             files.append({"name": rel, "size": item.stat().st_size, "sha256": sha256_file(item)})

@@ -77,20 +77,21 @@ def schema_task(c, out=None):
     write_schemas(SchemaOptions(out_dir=Path(out) if out else None))
 
 
-@task(name="build", help={
+@task(name="build", iterable=["docker_host"], help={
     "target": "target profile name (see `invoke targets`)",
     "model": "model recipe under models/ (default: the workspace's default_model)",
     "dry-run": "print the plan and build nothing",
     "jobs": "steps to run at once",
     "backend": "local or docker (default: edgefleet.yaml)",
     "strict": "fail when a step cannot run on this machine (no compiler, no network)",
+    "docker-host": "Docker engine to build on, e.g. ssh://user@buildhost (repeatable; default: edgefleet.yaml)",
 })
 @reports_errors
-def build_task(c, target, model=None, dry_run=False, jobs=None, backend=None, strict=False):
+def build_task(c, target, model=None, dry_run=False, jobs=None, backend=None, strict=False, docker_host=None):
     """Build every variant a target asks for; cached steps are not rebuilt."""
     from edgefleet.api.build import BuildOptions, build
-    build(BuildOptions(target=target, model=model, dry_run=dry_run,
-                       jobs=int(jobs) if jobs else None, backend=backend, strict=strict))
+    build(BuildOptions(target=target, model=model, dry_run=dry_run, jobs=int(jobs) if jobs else None,
+                       backend=backend, strict=strict, docker_hosts=tuple(docker_host or ())))
 
 
 @task(name="clean", help={"all": "also remove downloads, wheelhouses, fleet state and results",
@@ -206,10 +207,28 @@ def demo_task(c, keep_fleet=False, emulate="qemu", labgrid=False):
     demo(DemoOptions(keep_fleet=keep_fleet, emulate=emulate, labgrid=labgrid))
 
 
+@task(name="up", help={"name": "the build host's name (default buildhost)",
+                       "ssh-config": "add it to ~/.ssh/config and ~/.ssh/known_hosts so ssh://edgefleet-NAME works"})
+@reports_errors
+def buildhost_up_task(c, name="buildhost", ssh_config=False):
+    """Start an emulated build host: a second Docker engine behind its own sshd, in a network namespace."""
+    from edgefleet.api.buildhost import BuildHostUpOptions, up
+    up(BuildHostUpOptions(name=name, ssh_config=ssh_config))
+
+
+@task(name="down", help={"name": "the build host's name (default buildhost)"})
+@reports_errors
+def buildhost_down_task(c, name="buildhost"):
+    """Stop the emulated build host (its engine's images stay for the next up)."""
+    from edgefleet.api.buildhost import BuildHostDownOptions, down
+    down(BuildHostDownOptions(name=name))
+
+
 def make_collection() -> Collection:
     fleet = Collection("fleet", fleet_up_task, fleet_down_task)
+    buildhosts = Collection("buildhost", buildhost_up_task, buildhost_down_task)
     return Collection(targets_task, schema_task, build_task, clean_task, deploy_task, collect_task,
-                      demo_task, study_task, resume_task, doctor_task, fleet)
+                      demo_task, study_task, resume_task, doctor_task, fleet, buildhosts)
 
 
 namespace = make_collection()

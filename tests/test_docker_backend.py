@@ -6,6 +6,7 @@ real edgefleet steps (probe.env, android.aar); the tf test runs real conversions
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -124,7 +125,9 @@ def test_step_runs_in_a_container_and_its_outputs_belong_to_the_invoking_user(
     assert result["files"] == ["env.json"] and result["valid"] is True
     assert env["in_container"] is True and env["executable"] == "/opt/edgefleet/bin/python"
     assert (env["uid"], env["gid"]) == (10001, 10001)
-    assert env["inputs"]["data"] == {"bytes": 1000, "writable": False}, "inputs must be mounted read-only"
+    assert env["inputs"]["data"] == {"bytes": 1000, "writable": False,
+                                     "sha256": hashlib.sha256(data.read_bytes()).hexdigest()}, \
+        "inputs arrive whole and read-only"
     assert any("in container: True" in line for line in lines), "the container's log reaches the sink"
     for path in (out / "env.json", out / ".step-result.json"):
         assert (path.stat().st_uid, path.stat().st_gid) == (os.getuid(), os.getgid())

@@ -96,6 +96,19 @@ def test_manifest_is_json_with_sizes(tmp_path):
     assert raw["valid"] is True and raw["backend"] == "local"
 
 
+@pytest.mark.parametrize("name", ["manifest.json", "build.log"])
+def test_a_step_output_named_like_the_store_s_own_files_is_refused(tmp_path, name):
+    """The store writes manifest.json and build.log beside the outputs: a step's file of that name would be
+    replaced, and the manifest would list a digest the file no longer has."""
+    store = ArtifactStore(tmp_path / "artifacts")
+    with store.staging("k" * 64) as staging:
+        staging.out_dir.mkdir(parents=True, exist_ok=True)
+        (staging.out_dir / name).write_text("the step's own")
+        with pytest.raises(BuildError, match=f"wrote {re.escape(name)}, a name the artifact store keeps"):
+            store.commit(staging, {"step": "runtime/wheelhouse", "primary_files": []})
+    assert store.entries() == []
+
+
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_independent_steps_all_build(tmp_path, jobs):
     store = ArtifactStore(tmp_path / "artifacts")

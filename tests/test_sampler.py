@@ -12,7 +12,7 @@ import pytest
 from edgefleet.agent.efagent.bench import measure
 from edgefleet.agent.efagent.envprobe import (board_state, board_throttled, devfreq_clocks, parse_nvpmodel,
                                               parse_thermal_status, temperatures)
-from edgefleet.agent.efagent.sampler import (Sampler, cooldown_target, cpu_freq_files, frequency_dipped,
+from edgefleet.agent.efagent.sampler import (MAX_DUTY, Sampler, cooldown_target, cpu_freq_files, frequency_dipped,
                                              max_temperature, thermal_zones, wait_until_cool)
 
 BENCH = {"warmup_runs": 2, "warmup_max_runs": 2, "min_runs": 30, "min_duration_s": 0.15, "max_runs": 100000,
@@ -240,3 +240,21 @@ def test_devfreq_clocks_from_a_fake_jetson_tree(tmp_path: Path) -> None:
     assert devfreq_clocks(str(tmp_path)) == {
         "57000000.gpu": {"cur_hz": 76_800_000, "min_hz": 76_800_000, "max_hz": 921_600_000}}
     assert devfreq_clocks(str(tmp_path / "nowhere")) is None
+
+
+def test_a_costly_sample_stretches_the_interval_to_keep_the_sampler_under_one_percent(sysfs: FakeSysfs) -> None:
+    """Under qemu-user a sample costs milliseconds of CPU: at 0.1 s the sampler would take a share of a core
+    from a loop that uses them all."""
+    class Costly(Sampler):
+        def sample(self) -> None:
+            started = time.thread_time()
+            while time.thread_time() - started < 0.004:
+                pass
+            super().sample()
+
+    with Costly(str(sysfs.root), interval_s=0.01) as sampler:
+        time.sleep(0.3)
+    state = sampler.summary()
+    assert state["sample_cost_s"] >= 0.004
+    assert state["interval_s"] == pytest.approx(state["sample_cost_s"] / MAX_DUTY, rel=1e-3) and state["interval_s"] >= 0.4
+    assert state["samples"] <= 3, "after the first costly sample the thread waited 0.4 s or more"

@@ -10,7 +10,7 @@ from edgefleet.api.context import Env
 from edgefleet.backends.registry import open_backend
 from edgefleet.deploy.plan import identical_variants
 from edgefleet.deploy.variants import built_variants
-from edgefleet.errors import BuildError
+from edgefleet.errors import BuildError, ConfigError
 from edgefleet.execute import BuildSummary, execute_plan
 from edgefleet.plan.model import Plan
 from edgefleet.plan.workspace import load_plan
@@ -25,6 +25,7 @@ class BuildOptions:
     jobs: int | None = None          # default: the workspace's jobs
     backend: str | None = None       # default: the workspace's backend
     strict: bool = False             # also fail when a step cannot run on this machine
+    docker_hosts: tuple[str, ...] = ()  # default: the workspace's docker_host (docker backend only)
     workspace: Path | None = None
 
 
@@ -57,7 +58,11 @@ def summary_table(summary: BuildSummary) -> Table:
 
 def build(options: BuildOptions, env: Env | None = None) -> BuildSummary | Plan:
     env = env or Env()
-    ws = env.workspace(options.workspace)
+    ws = env.workspace(options.workspace).with_docker_hosts(options.docker_hosts)
+    backend_name = options.backend or ws.settings.backend
+    if options.docker_hosts and backend_name != "docker":
+        raise ConfigError(f"--docker-host runs steps on Docker engines, but the backend is {backend_name!r}: "
+                          "add --backend docker (or set backend: docker in edgefleet.yaml)")
     plan = load_plan(ws, options.target, options.model)
     store = ArtifactStore(ws.artifacts_dir)
     if options.dry_run:
@@ -66,7 +71,7 @@ def build(options: BuildOptions, env: Env | None = None) -> BuildSummary | Plan:
             env.console.print(f"note: {note}")
         env.console.print("dry run: nothing was built")
         return plan
-    backend = open_backend(options.backend or ws.settings.backend, ws, env.environ)
+    backend = open_backend(backend_name, ws, env.environ)
     summary = execute_plan(plan, store, backend, jobs=options.jobs or ws.settings.jobs,
                            timeout_s=ws.settings.step_timeout_s, console=env.console)
     env.console.print(summary_table(summary))

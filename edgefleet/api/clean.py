@@ -40,13 +40,18 @@ def clean(options: CleanOptions, env: Env | None = None) -> list[Path]:
 
 
 def prune_images(ws: Workspace, env: Env) -> PruneResult:
+    """Prune builder images on every engine builds run on (the local one, or each build host)."""
     from edgefleet.backends.docker import open_docker_client
     from edgefleet.images.prune import prune_builder_images
 
-    client = open_docker_client(ws.settings.docker_host, env.environ)
-    result = prune_builder_images(client, log=lambda line: env.console.print(line, markup=False, style="dim"))
-    for tag, why in result.failed:
-        env.console.print(f"[yellow]kept[/] {escape(tag)}: {escape(why)}")
-    env.console.print(f"builder images: {len(result.removed)} removed, {len(result.kept)} kept (the newest of "
-                      f"each builder){f', {len(result.failed)} in use' if result.failed else ''}")
-    return result
+    total = PruneResult()
+    for url in ws.settings.docker_hosts or (None,):
+        client = open_docker_client(url, env.environ)
+        result = prune_builder_images(client, log=lambda line: env.console.print(line, markup=False, style="dim"))
+        for tag, why in result.failed:
+            env.console.print(f"[yellow]kept[/] {escape(tag)}: {escape(why)}")
+        where = f" on {url}" if url else ""
+        env.console.print(f"builder images{where}: {len(result.removed)} removed, {len(result.kept)} kept (the "
+                          f"newest of each builder){f', {len(result.failed)} in use' if result.failed else ''}")
+        total = total.merged(result)
+    return total

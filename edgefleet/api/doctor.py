@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import platform
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from edgefleet.config.validate import did_you_mean
 from edgefleet.deploy.devices import fleet_dir
 from edgefleet.deploy.facts import DeviceFacts, gather_facts
 from edgefleet.deploy.plan import DISK_MARGIN_BYTES
-from edgefleet.errors import ChecksFailedError, ConfigError, DeployError, TransportError
+from edgefleet.errors import ChecksFailedError, ConfigError, DeployError, ToolUnavailableError, TransportError
 from edgefleet.fleet import binfmt
 from edgefleet.fleet.binfmt import BINFMT_ROOT, EMULATIONS, BinfmtStatus
 from edgefleet.deploy.inventory import INVENTORY_FILE, is_host_cpu, load_inventory
@@ -125,7 +126,8 @@ def host_checks(ws: Workspace, profile_errors: Sequence[ConfigError]) -> list[Ch
         checks.append(Check(HOST, tool, "ok", path) if path else
                       Check(HOST, tool, "warn", f"not on PATH (needed for {needed_by})", f"apt-get install {package}"))
     checks.extend(emulation_checks())
-    checks.extend(_docker_checks(ws.settings.docker_host, required=not local))
+    for url in ws.settings.docker_hosts or (None,):
+        checks.extend(_docker_checks(url, required=not local, environ=os.environ))
     return checks
 
 
@@ -173,20 +175,21 @@ def _mount_check(st: BinfmtStatus) -> Check:
     return Check(HOST, "binfmt_misc", "ok", f"mounted at {st.root}")
 
 
-def _docker_checks(docker_host: str | None, *, required: bool) -> list[Check]:
-    import docker
+def _docker_checks(docker_host: str | None, *, required: bool, environ: Mapping[str, str]) -> list[Check]:
     import docker.errors
 
+    from edgefleet.backends.engines import connect, describe, engine_errors
     from edgefleet.images.base_image import DEFAULT_BASE_IMAGE
 
     bad: Status = "fail" if required else "warn"
+    name = "docker engine" if docker_host is None else f"docker engine {describe(docker_host, environ)}"
     try:
-        client = docker.DockerClient(base_url=docker_host, timeout=5) if docker_host else docker.from_env(timeout=5)
+        client = connect(docker_host, environ, timeout=5)
         version = client.version().get("Version", "?")
-    except docker.errors.DockerException as exc:
-        return [Check(HOST, "docker engine", bad, f"unreachable: {exc}",
+    except (ToolUnavailableError, *engine_errors()) as exc:
+        return [Check(HOST, name, bad, f"unreachable: {exc}",
                       "start the engine (`systemctl start docker`) or set DOCKER_HOST / docker_host")]
-    checks = [Check(HOST, "docker engine", "ok", f"reachable, version {version}")]
+    checks = [Check(HOST, name, "ok", f"reachable, version {version}")]
     try:
         client.images.get(DEFAULT_BASE_IMAGE)
         checks.append(Check(HOST, "base image", "ok", f"{DEFAULT_BASE_IMAGE} present"))

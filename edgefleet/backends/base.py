@@ -26,3 +26,7 @@ class Backend(Protocol):
     def run_step(self, request: StepRequest, log: LogSink) -> None:
         """Run the step to completion, or raise BuildError with the log's tail."""
         ...
+
+    def capacity(self, jobs: int) -> int:
+        """How many steps may run at once when each machine the backend uses runs ``jobs``."""
+        ...

@@ -1,11 +1,10 @@
 """Run build steps in builder containers, through the docker SDK only.
 
 Per step: make sure the builder image exists (building it if needed), create a container
-that runs ``python -m edgefleet.steps.process /spec/spec.json`` with the inputs bind-mounted
+that runs ``python -m edgefleet.steps.process /spec/spec.json`` with its inputs copied in
 read-only, stream its log, copy ``/out`` back with ``get_archive`` and remove the container.
 
-The container runs as the invoking user's uid:gid (inputs readable exactly when they are
-readable to whoever runs edgefleet), with no network unless the builder's steps need it;
+The container runs as the invoking user's uid:gid, with no network unless the builder's steps need it;
 networked steps get the host's CA bundle (PIP_CERT/REQUESTS_CA_BUNDLE/SSL_CERT_FILE), so a
 TLS-inspecting proxy works inside as it does outside.
 
@@ -14,10 +13,9 @@ A builder whose image build or steps need the network is checked first: the host
 ``index_url``) are probed with a TCP connect, and when one is unreachable the step ends as "not built
 here" (ToolUnavailableError naming them), not as a failed build.
 
-Remote engines (``DOCKER_HOST`` or ``docker_host``, e.g. ``ssh://user@host``) work for the
-image build (the context is uploaded) and for the spec and outputs (put/get_archive), but
-bind-mount sources are paths on the engine's machine: the inputs must exist there at the
-same paths (a shared filesystem), or the step sees empty mounts or fails to start.
+Nothing is bind-mounted: the spec and the inputs go into the container with ``put_archive`` and the
+outputs come back with ``get_archive``, so a remote engine (``docker_host: ssh://user@host``, see
+backends/engines.py) runs a step exactly as the local one does, and the artifact store stays here.
 """
 from __future__ import annotations
 
@@ -33,16 +31,18 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from edgefleet.backends.base import LogSink, StepRequest
+from edgefleet.backends.engines import Engine, EnginePool, connect, engine_errors
 from edgefleet.errors import EXIT_TOOL_UNAVAILABLE, BuildError, ConfigError, ToolUnavailableError
 from edgefleet.images.base_image import LABEL_PREFIX
-from edgefleet.images.build import ImageBuilder
+from edgefleet.images.build import EnsuredImage, ImageBuilder
 from edgefleet.images.builder_spec import SPEC_FILE, BuilderSpec, load_builder_spec
 from edgefleet.steps.process import ERROR_FILE, RESULT_FILE, STEP_MODULE
 
@@ -95,21 +95,23 @@ class StepContainer:
             self.container.remove(force=True)
         except docker.errors.NotFound:
             pass
-        except docker.errors.APIError as err:
+        except engine_errors() as err:
+            # The engine may be the reason the step is ending (a build host that went away): say so, and let
+            # the step's own error through.
             self._log(f"warning: could not remove container {self.container.short_id}: {err}")
 
 
 class DockerBackend:
     name = "docker"
 
-    def __init__(self, workspace_root: Path, *, docker_host: str | None = None,
+    def __init__(self, workspace_root: Path, *, docker_hosts: Sequence[str] = (),
                  client_factory: Callable[[], docker.DockerClient] | None = None,
                  env: Mapping[str, str] | None = None, builders_root: Path | None = None,
-                 cache_root: Path | None = None, container_user: str | None = None) -> None:
-        """``client_factory`` wins over ``docker_host``; with neither, DOCKER_HOST or the local socket.
+                 cache_root: Path | None = None, container_user: str | None = None, jobs: int = 1) -> None:
+        """``client_factory`` wins over ``docker_hosts``; with neither, DOCKER_HOST or the local socket.
 
-        ``container_user`` ("uid:gid") defaults to the invoking user, so bind-mounted inputs
-        are readable exactly when they are readable to whoever runs edgefleet.
+        ``container_user`` ("uid:gid") defaults to the invoking user, so the outputs it writes map back to
+        whoever runs edgefleet. Each engine runs at most ``jobs`` steps at once.
         """
         env = os.environ if env is None else env
         self.workspace_root = workspace_root
@@ -120,56 +122,78 @@ class DockerBackend:
             raise ConfigError(f"container user must be numeric uid:gid, got {self.container_user!r}")
         # Every container this backend makes carries this label, so leftovers can be found.
         self.session = uuid.uuid4().hex[:12]
-        self._client_factory = client_factory or _client_factory(docker_host, env)
+        factory = (lambda url: client_factory()) if client_factory else None
+        self.pool = EnginePool(list(docker_hosts), jobs=jobs, env=env, factory=factory)
         self._builders_root = builders_root
         self._cache_root = cache_root
-        self._client: docker.DockerClient | None = None
-        self._images: ImageBuilder | None = None
 
     @classmethod
     def for_workspace(cls, ws: Workspace, environ: Mapping[str, str]) -> DockerBackend:
-        return cls(ws.root, docker_host=ws.settings.docker_host, env=environ, builders_root=ws.builders_dir,
-                   cache_root=ws.state_dir)
+        return cls(ws.root, docker_hosts=ws.settings.docker_hosts, env=environ, builders_root=ws.builders_dir,
+                   cache_root=ws.state_dir, jobs=ws.settings.jobs)
+
+    def capacity(self, jobs: int) -> int:
+        return jobs * len(self.pool.engines)
 
     @property
     def client(self) -> docker.DockerClient:
-        if self._client is None:
-            import docker.errors
-
-            try:
-                self._client = self._client_factory()
-                self._client.ping()
-            except docker.errors.DockerException as exc:
-                raise BuildError(f"cannot reach the Docker engine: {exc}") from exc
-        return self._client
+        """The first answering engine's client (for callers that need one engine, such as tests)."""
+        with self.pool.engine(lambda line: None) as engine:
+            assert engine.client is not None  # _check made it
+            return engine.client
 
     @property
     def images(self) -> ImageBuilder:
-        if self._images is None:
-            self._images = ImageBuilder(self.client, workspace_root=self.workspace_root,
-                                        builders_root=self._builders_root, cache_root=self._cache_root)
-        return self._images
+        """The image builder of the first answering engine."""
+        with self.pool.engine(lambda line: None) as engine:
+            return self._images(engine)
+
+    def _images(self, engine: Engine) -> ImageBuilder:
+        with engine.lock:
+            if engine.images is None:
+                assert engine.client is not None
+                engine.images = ImageBuilder(engine.client, workspace_root=self.workspace_root,
+                                             builders_root=self._builders_root, cache_root=self._cache_root)
+            return engine.images
 
     def run_step(self, request: StepRequest, log: LogSink) -> None:
-        import docker.errors
-
         spec = self._builder_spec(request.builder)
         if spec is not None and spec.step_network:
             _require_network(f"step {request.kind}", step_hosts(request.kind, request.params), log)
+        network = f"step {request.kind}" if spec is not None and spec.step_network else None
+        with self.pool.engine(log, network=network) as engine:
+            where = "" if len(self.pool.engines) == 1 else f" on {engine.label}"
+            try:
+                image = self._ensure_image(engine, request.builder, spec, log)
+                with engine.session() as client:
+                    self._run_in(client, image, request, log, where)
+            except engine_errors() as exc:
+                if not _answers(engine):
+                    self.pool.fail(engine, f"it stopped answering during step {request.kind}")
+                raise BuildError(f"step {request.kind}: the Docker engine at {engine.label} failed: "
+                                 f"{exc or type(exc).__name__}") from exc
+
+    def _ensure_image(self, engine: Engine, builder: str, spec: BuilderSpec | None, log: LogSink) -> EnsuredImage:
+        import docker.errors
+
         try:
-            image = self.images.ensure(request.builder, log)
+            with engine.image_lock:
+                return self._images(engine).ensure(builder, log)
         except docker.errors.DockerException as exc:
-            raise BuildError(f"builder image {request.builder!r}: the Docker engine failed: {exc}") from exc
+            raise BuildError(f"builder image {builder!r}: the Docker engine at {engine.label} failed: "
+                             f"{exc}") from exc
         except ToolUnavailableError:
             raise
         except BuildError as exc:
             # A failed build of an image that needs the network: "not built here" when its hosts are unreachable.
             if spec is not None and spec.needs_network:
-                _require_network(f"builder image {request.builder!r}", builder_hosts(spec), log, cause=exc)
+                _require_network(f"builder image {builder!r}", builder_hosts(spec), log, cause=exc)
             raise
-        runner = image.spec.runner
-        command = [runner.python, "-m", STEP_MODULE, str(SPEC_DIR / "spec.json")]
-        mounts, container_inputs = _input_mounts(request.inputs)
+
+    def _run_in(self, client: docker.DockerClient, image: EnsuredImage, request: StepRequest, log: LogSink,
+                where: str) -> None:
+        command = [image.spec.runner.python, "-m", STEP_MODULE, str(SPEC_DIR / "spec.json")]
+        container_inputs = _container_inputs(request.inputs)
         spec = {"kind": request.kind, "inputs": container_inputs, "params": dict(request.params),
                 "out_dir": str(OUT_DIR)}
         uid, gid = (int(part) for part in self.container_user.split(":"))
@@ -178,36 +202,40 @@ class DockerBackend:
         if ca_bundle is not None:
             environment |= {name: str(CONTAINER_CA_BUNDLE) for name in CA_BUNDLE_ENV}
         started = time.monotonic()
-        try:
-            with StepContainer(
-                self.client, keep=self.keep_container, log=log,
-                image=image.tag, command=command, user=self.container_user,
-                environment=environment, working_dir="/tmp",
-                mounts=mounts, network_disabled=not image.spec.step_network,
-                labels={LABEL_SESSION: self.session, LABEL_KIND: request.kind},
-            ) as container:
-                container.put_archive("/", _spec_archive(spec, uid=uid, gid=gid, ca_bundle=ca_bundle))
-                code, tail = _run(container, request.timeout_s, log)
-                if code != 0:
-                    message = _step_error(container)
-                    if code == EXIT_TOOL_UNAVAILABLE:
-                        raise ToolUnavailableError(message or f"step {request.kind} is unavailable in {image.tag}",
-                                                   command=command, returncode=code, log=tail)
-                    reason = f": {message.splitlines()[0]}" if message else ""
-                    raise BuildError(f"step {request.kind} failed in {image.tag}{reason}", command=command,
-                                     returncode=code, log=tail)
-                _copy_out(container, request.out_dir)
-        except docker.errors.DockerException as exc:
-            raise BuildError(f"step {request.kind}: the Docker engine failed: {exc}", command=command) from exc
+        with StepContainer(
+            client, keep=self.keep_container, log=log,
+            image=image.tag, command=command, user=self.container_user,
+            environment=environment, working_dir="/tmp", network_disabled=not image.spec.step_network,
+            labels={LABEL_SESSION: self.session, LABEL_KIND: request.kind},
+        ) as container:
+            container.put_archive("/", _spec_archive(spec, uid=uid, gid=gid, ca_bundle=ca_bundle))
+            with _inputs_archive(request.inputs) as inputs_tar:
+                container.put_archive("/", inputs_tar)
+            code, tail = _run(container, request.timeout_s, log)
+            if code != 0:
+                message = _step_error(container)
+                if code == EXIT_TOOL_UNAVAILABLE:
+                    raise ToolUnavailableError(message or f"step {request.kind} is unavailable in {image.tag}",
+                                               command=command, returncode=code, log=tail)
+                reason = f": {message.splitlines()[0]}" if message else ""
+                raise BuildError(f"step {request.kind} failed in {image.tag}{where}{reason}", command=command,
+                                 returncode=code, log=tail)
+            _copy_out(container, request.out_dir)
         if not (request.out_dir / RESULT_FILE).is_file():
             raise BuildError(f"step {request.kind} exited 0 but wrote no {RESULT_FILE}", command=command)
-        log(f"step {request.kind} done in {time.monotonic() - started:.1f} s ({image.tag})")
-
+        log(f"step {request.kind} done in {time.monotonic() - started:.1f} s ({image.tag}{where})")
 
     def _builder_spec(self, builder: str) -> BuilderSpec | None:
         """The builder's spec, read without the engine; None when there is no such builder (ensure says so)."""
         builder_dir = (self._builders_root or self.workspace_root / "builders") / builder
         return load_builder_spec(builder_dir) if (builder_dir / SPEC_FILE).is_file() else None
+
+
+def _answers(engine: Engine) -> bool:
+    try:
+        return engine.client is not None and bool(engine.client.ping())
+    except engine_errors():
+        return False
 
 
 def builder_hosts(spec: BuilderSpec) -> list[tuple[str, int]]:
@@ -260,44 +288,45 @@ def _url_hosts(values: Any) -> list[tuple[str, int]]:
 
 def open_docker_client(docker_host: str | None, env: Mapping[str, str]) -> docker.DockerClient:
     """A client of the engine ``docker_host`` names (else DOCKER_HOST, else the local socket), checked to answer."""
-    import docker.errors
-
-    try:
-        client = _client_factory(docker_host, env)()
-        client.ping()
-    except docker.errors.DockerException as exc:
-        where = docker_host or env.get("DOCKER_HOST") or "the local socket"
-        raise ToolUnavailableError(f"cannot reach the Docker engine at {where}: {exc}; start it, or set "
-                                   "docker_host in edgefleet.yaml (or DOCKER_HOST)") from exc
-    return client
+    return connect(docker_host, env)
 
 
-def _client_factory(docker_host: str | None, env: Mapping[str, str]) -> Callable[[], docker.DockerClient]:
-    def factory() -> docker.DockerClient:
-        import docker
-
-        if docker_host:
-            return docker.DockerClient(base_url=docker_host)
-        return docker.from_env(environment=dict(env))
-
-    return factory
-
-
-def _input_mounts(inputs: Mapping[str, Path]) -> tuple[list[Any], dict[str, str]]:
-    from docker.types import Mount
-
-    mounts, paths = [], {}
+def _container_inputs(inputs: Mapping[str, Path]) -> dict[str, str]:
+    """Where each input appears in the container: /inputs/<name>/<its file name> (a symlinked artifact keeps
+    the suffix the step was given)."""
+    paths = {}
     for name, host_path in inputs.items():
         if not _INPUT_NAME.match(name):
             raise BuildError(f"input name {name!r} cannot be a container path component")
-        source = host_path.resolve()
-        if not source.exists():
+        if not host_path.exists():
             raise BuildError(f"input {name!r} does not exist: {host_path}")
-        # The step sees the name it was given (a symlinked artifact keeps its suffix), the engine mounts the target.
-        target = INPUTS_DIR / name / host_path.name
-        mounts.append(Mount(target=str(target), source=str(source), type="bind", read_only=True))
-        paths[name] = str(target)
-    return mounts, paths
+        paths[name] = str(INPUTS_DIR / name / host_path.name)
+    return paths
+
+
+@contextmanager
+def _inputs_archive(inputs: Mapping[str, Path]) -> Iterator[IO[bytes]]:
+    """The inputs as one tar (spooled to disk: a SavedModel can be large), root-owned and read-only, so a
+    step that runs as another user cannot change them; symlinks are followed, as a mount would."""
+    def read_only(member: tarfile.TarInfo) -> tarfile.TarInfo:
+        member.uid = member.gid = 0
+        member.uname = member.gname = ""
+        member.mode = (member.mode | 0o444) & ~0o222
+        if member.isdir():
+            member.mode |= 0o555
+        return member
+
+    with tempfile.TemporaryFile() as buf:
+        with tarfile.open(fileobj=buf, mode="w", dereference=True) as tar:
+            for directory in sorted({INPUTS_DIR, *(INPUTS_DIR / name for name in inputs)}):
+                info = tarfile.TarInfo(str(directory.relative_to("/")))
+                info.type, info.mode = tarfile.DIRTYPE, 0o555
+                tar.addfile(info)
+            for name, host_path in inputs.items():
+                arcname = (INPUTS_DIR / name / host_path.name).relative_to("/")
+                tar.add(host_path.resolve(), arcname=str(arcname), filter=read_only)
+        buf.seek(0)
+        yield buf
 
 
 def _spec_archive(spec: Mapping[str, Any], *, uid: int, gid: int, ca_bundle: Path | None = None) -> bytes:

@@ -87,7 +87,7 @@ def fleet_up(state_dir: Path, devices: Sequence[DeviceSpec], *, isolation: Isola
     state_dir = Path(state_dir).resolve()
     fleet_down(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    with _subnet_lock(mode):
+    with subnet_lock(mode):
         state = FleetState(tag=fleet_tag(state_dir), isolation=mode)
         state.save(state_dir)
         try:
@@ -117,9 +117,9 @@ def fleet_down(state_dir: Path) -> None:
 
     roots = chroot_dir(tag)
     for folder in (devices_dir, roots):
-        for mount_point in _mounts_under(folder):
+        for mount_point in mounts_under(folder):
             run(["umount", "-l", mount_point], check=False)
-        assert_unmounted(folder, _mounts_under(folder))
+        assert_unmounted(folder, mounts_under(folder))
     if roots.is_dir():
         shutil.rmtree(roots)
     for ns in namespaces:
@@ -210,7 +210,7 @@ def _check_names(specs: Sequence[DeviceSpec]) -> None:
 
 
 @contextmanager
-def _subnet_lock(mode: Isolation) -> Iterator[None]:
+def subnet_lock(mode: Isolation) -> Iterator[None]:
     """Serialise netns fleet creation on this host, so two fleets never pick the same subnet.
     (Loopback fleets take free ports from the kernel and need no lock.)"""
     if mode != "netns":
@@ -382,7 +382,8 @@ def _mount_tmpfs(workdir: Path, spec: DeviceSpec) -> None:
          str(workdir)])
 
 
-def _mounts_under(directory: Path) -> list[str]:
+def mounts_under(directory: Path, *, itself: bool = False) -> list[str]:
+    """Mount points below ``directory`` (and on it, with ``itself``), deepest first."""
     prefix = str(directory) + "/"
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
@@ -391,7 +392,7 @@ def _mounts_under(directory: Path) -> list[str]:
     points = []
     for line in lines:
         point = _unescape(line.split()[4])
-        if point.startswith(prefix):
+        if point.startswith(prefix) or (itself and point == str(directory)):
             points.append(point)
     return sorted(points, key=len, reverse=True)
 

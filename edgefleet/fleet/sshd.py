@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ def _q(path: Path | str) -> str:
 
 
 def render_config(files: SshdFiles, *, address: str, port: int, authorized_keys: Path, device: str,
-                  home: Path | str, chroot: Path | None = None) -> str:
+                  home: Path | str, chroot: Path | None = None, env: Mapping[str, str] | None = None) -> str:
     # Sessions of a qemu-user device run in its root filesystem; authentication (keys, host key) stays
     # on this host, before the chroot.
     chroot_lines = [f"ChrootDirectory {_q(chroot)}"] if chroot is not None else []
@@ -56,7 +57,8 @@ def render_config(files: SshdFiles, *, address: str, port: int, authorized_keys:
         "PermitUserEnvironment no",
         # The device's own home: the host user's ~/.bashrc (which bash sources for ssh commands) is not
         # the board's, and can take long to run.
-        f"SetEnv HOME={_q(home)}",
+        # sshd takes the first SetEnv line only, so every variable goes on this one.
+        "SetEnv " + " ".join(f"{name}={_q(value)}" for name, value in {"HOME": home, **(env or {})}.items()),
         "MaxStartups 50:30:100",
         "Subsystem sftp internal-sftp",
         "LogLevel VERBOSE",

@@ -21,6 +21,9 @@ class PruneResult:
     removed: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (tag, why), e.g. a container uses it
 
+    def merged(self, other: PruneResult) -> PruneResult:
+        return PruneResult(self.kept + other.kept, self.removed + other.removed, self.failed + other.failed)
+
 
 def builder_tags(client: docker.DockerClient, prefix: str = IMAGE_PREFIX) -> dict[str, list[tuple[str, str]]]:
     """Per builder repository, its (created, tag) pairs, newest first."""

@@ -8,10 +8,12 @@ and runs it, proving the converter and the interpreter work where the step runs.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,9 +33,15 @@ def probe_env(ctx: StepContext) -> StepResult:
     convert = ctx.params.get("convert", False)
     if not isinstance(convert, bool):
         raise BuildError(f"probe.env: params.convert must be true or false, got {convert!r}")
+    sleep_s = ctx.params.get("sleep_s", 0)
+    if not isinstance(sleep_s, (int, float)) or isinstance(sleep_s, bool) or not 0 <= sleep_s <= 3600:
+        raise BuildError(f"probe.env: params.sleep_s must be a number of seconds from 0 to 3600, got {sleep_s!r}")
+    if sleep_s:
+        ctx.log(f"probe.env: sleeping {sleep_s:g} s")
+        time.sleep(sleep_s)
     env = _environment()
-    # Whether inputs arrive, and read-only: what a backend's mounts look like from inside.
-    env["inputs"] = {name: {"bytes": _size(path), "writable": os.access(path, os.W_OK)}
+    # Whether inputs arrive whole, and read-only: what a backend's inputs look like from inside.
+    env["inputs"] = {name: {"bytes": _size(path), "writable": os.access(path, os.W_OK), "sha256": _digest(path)}
                      for name, path in ctx.inputs.items()}
     ctx.log(f"python {env['python']} on {env['machine']}, glibc {env['glibc']}, in container: {env['in_container']}")
     files = [ENV_FILE]
@@ -64,6 +72,16 @@ def _environment() -> dict[str, Any]:
         "in_container": Path("/.dockerenv").exists(),
         "packages": {name: _version(name) for name in PACKAGES},
     }
+
+
+def _digest(path: Path) -> str:
+    """A file's sha256; for a folder, of its files' relative paths and contents in order."""
+    h = hashlib.sha256()
+    for item in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if item.is_file():
+            h.update(item.relative_to(path).as_posix().encode() + b"\0" if path.is_dir() else b"")
+            h.update(item.read_bytes())
+    return h.hexdigest()
 
 
 def _size(path: Path) -> int:

@@ -3,7 +3,7 @@
 Resolution keeps dependencies but stays platform-constrained (``--only-binary=:all:
 --platform ... --python-version ...``), so nothing is ever built from source for the
 wrong architecture. Each requested package may be optional: a missing optional package
-is recorded in ``manifest.json`` (e.g. numpy<2 has no armv7l wheel on PyPI; the device
+is recorded in ``wheels.json`` (e.g. numpy<2 has no armv7l wheel on PyPI; the device
 gets it from apt), a missing required one fails the step naming package and platform.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ from edgefleet.images.wheelhouse import applicable, pip_download_command, run_lo
     target_environment, wheel_requirements
 from edgefleet.steps.base import StepContext, StepResult
 
-MANIFEST = "manifest.json"
+# Not manifest.json: that name is the artifact store's own, and the store's manifest would replace it.
+MANIFEST = "wheels.json"
 WHEELS = "wheels"
 _NOT_FOUND = re.compile(r"No matching distribution found for (.+?)\s*$")
 _PIP_NETWORK_ARGS = ("--retries", "2", "--timeout", "20")

@@ -15,12 +15,23 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from .fileio import read_text
 
 DEFAULT_INTERVAL_S = 0.1
+# The sampler may take at most this share of one CPU: it waits 1/MAX_DUTY times as long as its
+# slowest sample took (in CPU time). On a board a sample takes well under a millisecond and the interval stays 0.1 s; under
+# qemu-user the same Python takes milliseconds, and a sampler at 0.1 s would steal a core from a loop
+# that uses them all.
+MAX_DUTY = 0.01
+MAX_INTERVAL_S = 2.0
 # A frequency this far below the cell's own peak during timing: the clock was lowered under the load.
 THROTTLE_FRACTION = 0.9
 COOLDOWN_MARGIN_C = 2.0  # back within this of the temperature before the previous cell
 COOLDOWN_POLL_S = 0.25
 # scaling_cur_freq is readable by every user; cpuinfo_cur_freq (the hardware's own reading) often by root only.
 FREQ_FILES = ("scaling_cur_freq", "cpuinfo_cur_freq")
+
+
+# This thread's CPU time (Python >= 3.7): what the sampler takes from the timed loop, which wall time
+# would overstate on a busy host. Older Pythons fall back to wall time.
+_cpu_time = getattr(time, "thread_time", time.time)
 
 
 def _sys(root, *parts):
@@ -122,6 +133,8 @@ class Sampler(object):
     def __init__(self, root="/", interval_s=DEFAULT_INTERVAL_S):
         # type: (str, float) -> None
         self.interval_s = interval_s
+        self.base_interval_s = interval_s
+        self.sample_cost_s = 0.0  # the slowest sample's wall time
         self.freq_files = cpu_freq_files(root)
         self.zones = thermal_zones(root)
         self.samples = 0
@@ -155,7 +168,10 @@ class Sampler(object):
     def _run(self):
         # type: () -> None
         while not self._stop.wait(self.interval_s):
+            started = _cpu_time()
             self.sample()
+            self.sample_cost_s = max(self.sample_cost_s, _cpu_time() - started)
+            self.interval_s = min(MAX_INTERVAL_S, max(self.base_interval_s, self.sample_cost_s / MAX_DUTY))
 
     def __enter__(self):
         # type: () -> Sampler
@@ -181,7 +197,7 @@ class Sampler(object):
 
     def summary(self):
         # type: () -> Dict[str, Any]
-        return {"interval_s": self.interval_s, "samples": self.samples,
+        return {"interval_s": self.interval_s, "samples": self.samples, "sample_cost_s": round(self.sample_cost_s, 6),
                 "cpu_freq_khz": self._freq_summary(), "temp_c": self._temp_summary()}
 
     def _freq_summary(self):
