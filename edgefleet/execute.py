@@ -113,7 +113,7 @@ def step_description(step_id: str, line: str) -> str:
 def execute_plan(plan: Plan, store: ArtifactStore, backend: Backend, *, jobs: int = 1,
                  timeout_s: float = 3600.0, console: Console | None = None) -> BuildSummary:
     console = console or Console(quiet=True)
-    jobs = max(1, backend.capacity(jobs))
+    jobs = max(1, backend.set_jobs(max(1, jobs)))
     outcomes: dict[str, StepOutcome] = {}
     pending = [s for s in plan.steps]
     for step in plan.steps:
@@ -152,6 +152,8 @@ def execute_plan(plan: Plan, store: ArtifactStore, backend: Backend, *, jobs: in
                     def on_line(line: str, task: int = task, step: Step = step) -> None:
                         if line.startswith("+ "):
                             progress.console.print(line, markup=False, style="dim")
+                        elif line.startswith("warning: "):   # e.g. a build host skipped: it must stay on screen
+                            progress.console.print(line, markup=False, style="yellow")
                         progress.update(task, description=step_description(step.id, line))
 
                     future = pool.submit(_run_one, step, plan, store, backend, timeout_s, on_line)

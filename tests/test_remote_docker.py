@@ -192,7 +192,7 @@ def test_steps_spread_over_the_engines_that_answer_and_a_dead_one_is_skipped(
     dead = "tcp://127.0.0.1:9"   # nothing listens there: refused at once
     backend = DockerBackend(workspace, docker_hosts=[dead, LOCAL_ENGINE, host.url], env={}, cache_root=cache_root,
                             jobs=1)
-    assert backend.capacity(1) == 3
+    assert backend.set_jobs(1) == 3
     logs: dict[int, list[str]] = {0: [], 1: []}
     errors: list[BaseException] = []
 

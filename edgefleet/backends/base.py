@@ -27,6 +27,7 @@ class Backend(Protocol):
         """Run the step to completion, or raise BuildError with the log's tail."""
         ...
 
-    def capacity(self, jobs: int) -> int:
-        """How many steps may run at once when each machine the backend uses runs ``jobs``."""
+    def set_jobs(self, jobs: int) -> int:
+        """Run at most ``jobs`` steps at once on each machine the backend uses; return how many may run at
+        once over all of them."""
         ...

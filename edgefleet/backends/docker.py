@@ -132,8 +132,9 @@ class DockerBackend:
         return cls(ws.root, docker_hosts=ws.settings.docker_hosts, env=environ, builders_root=ws.builders_dir,
                    cache_root=ws.state_dir, jobs=ws.settings.jobs)
 
-    def capacity(self, jobs: int) -> int:
-        return jobs * len(self.pool.engines)
+    def set_jobs(self, jobs: int) -> int:
+        self.pool.jobs = jobs
+        return self.pool.capacity
 
     @property
     def client(self) -> docker.DockerClient:

@@ -110,13 +110,11 @@ class EnginePool:
     """Hands out engines with a free slot, health-checking each on first use."""
 
     def __init__(self, urls: Sequence[str | None], *, jobs: int, env: Mapping[str, str],
-                 factory: Callable[[str | None], docker.DockerClient] | None = None,
-                 warn: Callable[[str], None] = lambda line: None) -> None:
+                 factory: Callable[[str | None], docker.DockerClient] | None = None) -> None:
         make = factory or (lambda url: connect(url, env))
         self.engines = [Engine(url, describe(url, env), (lambda url=url: make(url)))
                         for url in (list(dict.fromkeys(urls)) or [None])]
         self.jobs = jobs
-        self._warn = warn
         self._choose = threading.Condition()
 
     @property
@@ -176,9 +174,7 @@ class EnginePool:
                     engine.networked = bool(engine.client.networks.list(names=["bridge"]))
                 except (BuildError, ToolUnavailableError, *engine_errors()) as exc:
                     engine.failed = str(exc)
-                    message = f"warning: skipping build host {engine.label}: {exc}"
-                    self._warn(message)
-                    log(message)
+                    log(f"warning: skipping build host {engine.label}: {exc}")
         return engine.failed is None
 
     def fail(self, engine: Engine, why: str) -> None:

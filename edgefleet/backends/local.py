@@ -31,7 +31,7 @@ class LocalBackend:
         # tf2onnx orders nodes by set iteration: a fixed hash seed makes its output byte-identical.
         self.env["PYTHONHASHSEED"] = "0"
 
-    def capacity(self, jobs: int) -> int:
+    def set_jobs(self, jobs: int) -> int:
         return jobs
 
     def command(self, spec_path: Path) -> list[str]:

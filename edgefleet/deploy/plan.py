@@ -210,15 +210,25 @@ def measured_threads(request: DeployRequest, facts: DeviceFacts) -> tuple[tuple[
     """The profile's thread counts, less those an emulated device would time on shared cores, and why.
 
     An emulated board runs on this host's CPUs: more threads than those measure the host's contention, not
-    the board's cores, and would only be flagged unstable. A real board measures what the profile asks."""
+    the board's cores, and would only be flagged unstable. Under qemu-user one CPU fewer: it emulates the
+    thread pool's handoffs too, and with as many busy threads as CPUs its runs split between two speeds
+    (docs/flags.md, "unstable"). A real board measures what the profile asks."""
     threads = tuple(request.profile.bench.threads)
     cpus = facts.cpus
-    if not (facts.emulated or request.emulated_inventory) or not cpus or max(threads) <= cpus:
+    if not (facts.emulated or request.emulated_inventory) or not cpus:
         return threads, None
-    kept = tuple(t for t in threads if t <= cpus) or (min(threads),)
+    usable = cpus if facts.host_cpu_standin else max(1, cpus - 1)
+    if max(threads) <= usable:
+        return threads, None
+    kept = tuple(t for t in threads if t <= usable) or (min(threads),)
     dropped = ", ".join(str(t) for t in threads if t not in kept)
-    return kept, (f"{request.device} is emulated on this host's {cpus} CPU{'s' if cpus > 1 else ''}: threads "
-                  f"{dropped} not measured (they would time the host's contention, not the board's cores)")
+    plural = "s" if cpus > 1 else ""
+    if facts.host_cpu_standin:
+        return kept, (f"{request.device} is emulated on this host's {cpus} CPU{plural}: threads {dropped} not "
+                      "measured (they would time the host's contention, not the board's cores)")
+    return kept, (f"{request.device} is emulated by qemu-user on this host's {cpus} CPU{plural}: threads {dropped} "
+                  "not measured (qemu-user needs a CPU besides the board's threads; with none to spare, its runs "
+                  "split between two speeds)")
 
 
 def build_cells(request: DeployRequest, samples_remote: str | None,
