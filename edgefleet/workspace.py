@@ -5,7 +5,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Literal
-
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -15,8 +14,6 @@ from edgefleet.config.yamlsrc import load_yaml
 from edgefleet.errors import ConfigError
 
 SETTINGS_FILE = "edgefleet.yaml"
-
-
 ENGINE_SCHEMES = ("ssh", "tcp", "unix", "http", "https", "npipe")
 
 

@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from edgefleet.evaluation.kinds import METRIC_LABELS
-from edgefleet.report.tables import FLAG_INVALID_ARTIFACT, format_number
+from edgefleet.report.tables import FLAG_INVALID_ARTIFACT, FLAG_UNSTABLE, format_number
 from edgefleet.report.variants import VariantRow, VariantTable, signed_points
 
 # How the summary compares speeds; the templates print it as the table's caption.
-SPEED_RULE = ("Each variant at its fastest measured setting (thread count and delegate), the fp32 reference at "
-              "its own; speed-up = the reference's p50 ÷ the variant's p50.")
+SPEED_RULE = ("Each variant at its fastest measured setting (thread count and delegate) whose timing was not "
+              "flagged unstable, the fp32 reference at its own; speed-up = the reference's p50 ÷ the variant's p50.")
 DELTA_RULE = ("Δ is the accuracy change against the fp32 reference in points (hundredths of the metric), the "
               "figure the accuracy gate judges.")
 
@@ -84,8 +84,16 @@ def settings(row: VariantRow, metric: str | None) -> list[Setting]:
     """Every measured thread count of a by-variant row."""
     accuracy = row.metrics.get(metric) if metric else None
     delta = row.metrics.get(f"delta_{metric}") if metric else None
-    return [Setting(row.variant, row.delegate, threads, p50, row.size_mb, accuracy, delta, row.gate, row.flags)
+    # The row's flags are its cells' together; "unstable" belongs to the thread counts that earned it.
+    shared = tuple(f for f in row.flags if f != FLAG_UNSTABLE)
+    return [Setting(row.variant, row.delegate, threads, p50, row.size_mb, accuracy, delta, row.gate,
+                    shared + ((FLAG_UNSTABLE,) if threads in row.unstable_threads else ()))
             for threads, p50 in sorted(row.p50_ms.items()) if p50 is not None]
+
+
+def steadiest_first(setting: Setting) -> tuple[bool, float]:
+    """A setting whose runs were spread is never "fastest" over a steady one: its p50 may be luck."""
+    return FLAG_UNSTABLE in setting.flags, setting.p50_ms
 
 
 def fastest(candidates: Sequence[Setting], reference: str | None = None) -> Setting | None:
@@ -144,6 +152,8 @@ def headline(metric: str | None, chosen: Setting | None, reference: Setting | No
                 else "No cell was measured")
     label = METRIC_LABELS.get(metric, metric) if metric else ""
     text = f"{chosen.variant} ({chosen.where}), p50 {format_number(chosen.p50_ms)} ms"
+    if FLAG_UNSTABLE in chosen.flags:
+        text += " (flagged unstable at every setting: see the flags)"
     if reference is not None and chosen.variant != reference.variant:
         text += f": {reference.p50_ms / chosen.p50_ms:.2f}× as fast as {reference.variant}"
         if chosen.delta is not None:
@@ -156,12 +166,13 @@ def headline(metric: str | None, chosen: Setting | None, reference: Setting | No
 def device_summary(rows: Sequence[VariantRow], metric: str | None, label: str) -> DeviceSummary:
     all_settings = [s for row in rows for s in settings(row, metric)]
     best: dict[str, Setting] = {}
-    for setting in sorted(all_settings, key=lambda s: (s.p50_ms, s.threads)):
+    for setting in sorted(all_settings, key=lambda s: (*steadiest_first(s), s.threads)):
         best.setdefault(setting.variant, setting)
     reference_name = reference_variant(sorted(best))
     reference = best.get(reference_name) if reference_name else None
     judged = any(s.gate is not None for s in all_settings)
-    candidates = [s for s in all_settings if s.within_gate] if judged else all_settings
+    # Each variant at its best setting (a steady one before a faster one flagged unstable), then the fastest.
+    candidates = [s for s in best.values() if s.within_gate] if judged else list(best.values())
     chosen = fastest(candidates, reference_name)
     chosen = with_delta(chosen, reference) if chosen is not None else None
     first = rows[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.evaluation.kinds import METRIC_LABELS, shown_metrics
-from edgefleet.report.tables import (FLAG_GATE_FAILED, GATE_METRIC, Column, ReportRow, ReportTable,
+from edgefleet.report.tables import (FLAG_GATE_FAILED, FLAG_UNSTABLE, GATE_METRIC, Column, ReportRow, ReportTable,
                                      format_number, format_value)
 from edgefleet.results.db import AccuracyRecord, CellRecord, ResultsDB
 
@@ -37,6 +37,7 @@ class VariantRow:
     gate: str | None = None                                       # "passed" | "failed" | None
     gate_reason: str | None = None
     flags: tuple[str, ...] = ()
+    unstable_threads: tuple[int, ...] = ()                        # the thread counts whose cell was flagged
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -156,7 +157,8 @@ def build_variant_table(db: ResultsDB, table: ReportTable) -> VariantTable:
             first_inference_ms=first.first_inference_ms,
             p50_ms={r.threads: r.p50_ms for r in members}, eval_ms=eval_ms, eval_post_ms=eval_post_ms,
             gate=None if gate_record is None else ("passed" if gate_record.value >= 1 else "failed"),
-            gate_reason=gate_record.evaluator if gate_record is not None else None, flags=flags))
+            gate_reason=gate_record.evaluator if gate_record is not None else None, flags=flags,
+            unstable_threads=tuple(r.threads for r in members if FLAG_UNSTABLE in r.flags)))
     rows.sort(key=lambda r: (r.device, r.run_id, r.variant, r.delegate or ""))
     threads = tuple(sorted({r.threads for r in table.rows}))
     return VariantTable(tuple(rows), threads, metrics)
