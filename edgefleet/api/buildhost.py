@@ -1,6 +1,7 @@
 """`invoke buildhost.up` / `buildhost.down`: an emulated build host (a second Docker engine behind sshd)."""
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,7 @@ from rich.markup import escape
 
 from edgefleet.api.context import Env
 from edgefleet.fleet import buildhost
-from edgefleet.errors import ConfigError
+from edgefleet.errors import ConfigError, FleetError
 from edgefleet.fleet.buildhost import BuildHost
 from edgefleet.workspace import Workspace
 
@@ -47,6 +48,8 @@ def check_name(name: str) -> str:
 def up(options: BuildHostUpOptions, env: Env | None = None) -> BuildHost:
     env = env or Env()
     check_name(options.name)
+    if os.geteuid() != 0:
+        raise FleetError("an emulated build host needs root: it makes a network namespace and runs a second dockerd")
     ws = env.workspace(options.workspace)
     host = buildhost.up(state_root(ws), options.name, data_root=options.data_root,
                         say=lambda line: env.console.print(escape(line)))

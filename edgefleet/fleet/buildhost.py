@@ -123,7 +123,8 @@ def down(state_root: Path, name: str = "buildhost") -> None:
 
 
 def kill_engine(host: BuildHost) -> None:
-    """Pull the plug: SIGKILL everything running in the build host, as if the machine died."""
+    """Pull the plug: kill everything running in the build host at once (SIGTERM, then SIGKILL with no grace
+    period), as if the machine died."""
     kill_all(descendants(netns.namespace_pids(host.namespace) | _engine_pids(host)), grace_s=0.0)
 
 
