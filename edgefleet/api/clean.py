@@ -41,12 +41,12 @@ def clean(options: CleanOptions, env: Env | None = None) -> list[Path]:
 
 def prune_images(ws: Workspace, env: Env) -> PruneResult:
     """Prune builder images on every engine builds run on (the local one, or each build host)."""
-    from edgefleet.backends.docker import open_docker_client
+    from edgefleet.backends.engines import connect
     from edgefleet.images.prune import prune_builder_images
 
     total = PruneResult()
     for url in ws.settings.docker_hosts or (None,):
-        client = open_docker_client(url, env.environ)
+        client = connect(url, env.environ)
         result = prune_builder_images(client, log=lambda line: env.console.print(line, markup=False, style="dim"))
         for tag, why in result.failed:
             env.console.print(f"[yellow]kept[/] {escape(tag)}: {escape(why)}")

@@ -39,7 +39,7 @@ from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from edgefleet.backends.base import LogSink, StepRequest
-from edgefleet.backends.engines import Engine, EnginePool, connect, engine_errors
+from edgefleet.backends.engines import Engine, EnginePool, engine_errors
 from edgefleet.errors import EXIT_TOOL_UNAVAILABLE, BuildError, ConfigError, ToolUnavailableError
 from edgefleet.images.base_image import LABEL_PREFIX
 from edgefleet.images.build import EnsuredImage, ImageBuilder
@@ -135,13 +135,6 @@ class DockerBackend:
     def set_jobs(self, jobs: int) -> int:
         self.pool.jobs = jobs
         return self.pool.capacity
-
-    @property
-    def client(self) -> docker.DockerClient:
-        """The first answering engine's client (for callers that need one engine, such as tests)."""
-        with self.pool.engine(lambda line: None) as engine:
-            assert engine.client is not None  # _check made it
-            return engine.client
 
     @property
     def images(self) -> ImageBuilder:
@@ -285,11 +278,6 @@ def _url_hosts(values: Any) -> list[tuple[str, int]]:
         if url.scheme in _DEFAULT_PORTS and url.hostname:
             hosts.append((url.hostname, url.port or _DEFAULT_PORTS[url.scheme]))
     return list(dict.fromkeys(hosts))
-
-
-def open_docker_client(docker_host: str | None, env: Mapping[str, str]) -> docker.DockerClient:
-    """A client of the engine ``docker_host`` names (else DOCKER_HOST, else the local socket), checked to answer."""
-    return connect(docker_host, env)
 
 
 def _container_inputs(inputs: Mapping[str, Path]) -> dict[str, str]:

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from edgefleet.images.build import ImageBuilder
 
 LOCAL = "the local engine"
-PING_TIMEOUT_S = 10
 
 
 def engine_errors() -> tuple[type[BaseException], ...]:
